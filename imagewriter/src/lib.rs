@@ -1,0 +1,23 @@
+//! Streams OS images onto block devices and writes config drives.
+//!
+//! The crate is synchronous on purpose: the agent runs each image write on a dedicated
+//! thread, and a plain `Read` → hash → `Write` chain is the easiest thing to reason about
+//! when a mistake can brick a disk.
+//!
+//! Modules:
+//! - [`sys`]: the block-device ioctls (the only `unsafe` in the crate).
+//! - [`checksum`]: streaming md5/sha256/sha512 and checksum-file parsing.
+//! - [`download`]: HTTP(S) fetching of images, checksum files and config drives.
+//! - [`write`]: the raw image write (hold back the first MiB, verify, then commit).
+//! - [`partition`]: in-process GPT/MBR reading and editing.
+//! - [`configdrive`]: decoding a config drive and writing it into a `config-2` partition.
+
+pub mod checksum;
+pub mod configdrive;
+pub mod download;
+pub mod error;
+pub mod partition;
+pub mod sys;
+pub mod write;
+
+pub use error::ImageError;
