@@ -16,6 +16,7 @@ pub mod checksum;
 pub mod configdrive;
 pub mod download;
 pub mod error;
+pub mod io;
 pub mod partition;
 pub mod sys;
 pub mod write;
