@@ -111,6 +111,12 @@ cleanup() {
 		fi
 	fi
 	if ((rc != 0)); then
+		local alog
+		alog=$(find "$WORK" -maxdepth 1 -name 'agent-*.log' -printf '%T@ %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2)
+		if [[ -n "$alog" ]]; then
+			echo "---- last lines of $alog" >&2
+			tail -n 20 "$alog" >&2
+		fi
 		echo "---- logs kept in $WORK (ironic.log, agent-*.log, images.log)" >&2
 	fi
 	exit "$rc"
@@ -323,12 +329,21 @@ provision() { # provision TARGET [extra JSON object merged into the body]
 wait_state() {
 	local goal=$1 limit=$2
 	shift 2
-	local end=$(($(date +%s) + limit)) last="" state
+	local end=$(($(date +%s) + limit)) last="" state url last_url="" row
 	while :; do
-		state=$(node_field .provision_state) || die "cannot read the node"
+		row=$(node_field '[.provision_state, (.driver_internal_info.agent_url // "")] | @tsv') ||
+			die "cannot read the node"
+		IFS=$'\t' read -r state url <<<"$row"
 		if [[ "$state" != "$last" ]]; then
 			log "  provision_state: $state"
 			last=$state
+		fi
+		if [[ -n "$url" && "$url" != "$last_url" ]]; then
+			log "  agent_url: $url"
+			last_url=$url
+			if [[ "$IRONIC_REQUIRE_TLS" == true && "$url" != https://* ]]; then
+				die "require_tls is on but Ironic recorded a plain agent_url"
+			fi
 		fi
 		[[ "$state" == "$goal" ]] && return 0
 		for bad in "$@"; do

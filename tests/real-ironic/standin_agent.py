@@ -7,7 +7,9 @@ It accepts the Ferric agent's flags (--api-url, --install-device, --listen, --ad
 --power-action exit, --cmdline-file) and does just enough: lookup, heartbeats,
 get_deploy_steps / write_image (sha256, raw, config drive partition via sgdisk),
 get_partition_uuids, install_bootloader, power_off (exits), get_clean_steps,
-erase_devices_metadata, erase_devices.
+erase_devices_metadata, erase_devices. With STANDIN_TLS=1 it serves HTTPS with a fresh
+self-signed certificate (IP SAN = the advertised host) and sends it as agent_verify_ca, as
+IPA's automatic TLS does.
 """
 
 import argparse
@@ -18,7 +20,9 @@ import http.server
 import json
 import os
 import random
+import ssl
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -45,6 +49,8 @@ class Agent:
         self.node = None
         self.kick = threading.Event()
         self.started = time.time()
+        self.proto = "http"
+        self.cert_pem = None
 
     # ------------------------------------------------------------ Ironic side
     def ironic(self, method, path, body=None, version="1.68"):
@@ -78,8 +84,10 @@ class Agent:
 
     def heartbeat_loop(self):
         while True:
-            body = {"callback_url": "http://" + self.a.advertise, "agent_token": self.token,
-                    "agent_version": VERSION}
+            body = {"callback_url": self.proto + "://" + self.a.advertise,
+                    "agent_token": self.token, "agent_version": VERSION}
+            if self.cert_pem:
+                body["agent_verify_ca"] = self.cert_pem
             try:
                 st, _ = self.ironic("POST", f"/v1/heartbeat/{self.node['uuid']}", body)
                 log("heartbeat", st)
@@ -267,6 +275,19 @@ def serve(agent):
     host, port = agent.a.listen.rsplit(":", 1)
     srv = http.server.ThreadingHTTPServer((host, int(port)), H)
     srv.daemon_threads = True
+    if os.environ.get("STANDIN_TLS") == "1":
+        d = tempfile.mkdtemp()
+        adv_host = agent.a.advertise.rsplit(":", 1)[0]
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                        f"/CN={adv_host}", "-addext", f"subjectAltName=IP:{adv_host}",
+                        "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem"],
+                       check=True, capture_output=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(f"{d}/cert.pem", f"{d}/key.pem")
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+        agent.proto = "https"
+        agent.cert_pem = open(f"{d}/cert.pem").read()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 
 
