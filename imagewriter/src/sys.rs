@@ -14,7 +14,11 @@ mod ioctl {
     nix::ioctl_read_bad!(blkpbszget, nix::request_code_none!(0x12, 123), libc::c_uint);
     nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
     nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
-    nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), super::BlkpgIoctlArg);
+    nix::ioctl_write_ptr_bad!(
+        blkpg,
+        nix::request_code_none!(0x12, 105),
+        super::BlkpgIoctlArg
+    );
 }
 
 /// `struct blkpg_ioctl_arg` from `<linux/blkpg.h>`.

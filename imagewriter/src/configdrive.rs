@@ -1,0 +1,1 @@
+//! configdrive (in progress)
