@@ -7,6 +7,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod cpio;
 pub mod elf;
+pub mod initramfs;
+pub mod inputs;
 pub mod modules;
