@@ -3,7 +3,8 @@
 
 Subcommands:
   make-image OUT MIB              raw whole-disk image: GPT, one partition, random payload
-  verify-deploy DEV IMAGE         the image is on DEV and a config-2 partition follows it
+  verify-deploy DEV IMAGE [1|0]   the image is on DEV and (1, default) a config-2 partition
+                                  follows it
   verify-clean DEV full|metadata IMAGE_SIZE
                                   DEV was erased the way the clean steps promise
   record-proxy OUT.jsonl LPORT=HOST:PORT:DIR ...
@@ -115,7 +116,7 @@ def iso_volume_id(f, offset):
     return pvd[40:72].decode("ascii", "replace").strip()
 
 
-def verify_deploy(dev, image):
+def verify_deploy(dev, image, configdrive="1"):
     size = dev_size(dev)
     img = open(image, "rb").read()
     n = len(img)
@@ -144,6 +145,16 @@ def verify_deploy(dev, image):
         last_lba = size // SECTOR - 1
         print(f"  primary GPT: disk guid {gpt['disk_guid']}, {len(gpt['parts'])} partitions, "
               f"backup at LBA {gpt['alt_lba']} (disk's last LBA {last_lba})")
+        if configdrive != "1":
+            # Without a config drive the table may stay as the image had it (IPA leaves it),
+            # or be moved to the end of the disk; either way the partitions must be the image's.
+            if gpt["parts"] != img_gpt["parts"]:
+                fail(f"partitions changed without a config drive: {gpt['parts']}")
+            backup = read_gpt(f, size, gpt["alt_lba"])
+            if not backup or "bad" in backup or backup["parts"] != gpt["parts"]:
+                fail(f"backup GPT at LBA {gpt['alt_lba']} unreadable or different: {backup}")
+            print("verify-deploy (no config drive): OK")
+            return
         if gpt["alt_lba"] != last_lba:
             fail(f"the backup GPT header is at LBA {gpt['alt_lba']}, not at the end of the disk ({last_lba})")
         backup = read_gpt(f, size, last_lba)

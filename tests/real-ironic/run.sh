@@ -21,6 +21,7 @@
 #   STEP_TIMEOUT        seconds to wait for one provision-state goal (default 300)
 #   DISK_MB             size of the sparse file behind the loop device (default 1024)
 #   IMAGE_MB            size of the generated raw image (default 64)
+#   CONFIGDRIVE         0 → deploy without a config drive (to isolate failures; default 1)
 #
 # Everything listens on 127.0.0.1 only. The agent runs in its own mount + PID namespace with
 # a private /dev that holds nothing but the loop device this script created (plus null, zero,
@@ -47,6 +48,7 @@ WORK=${REAL_IRONIC_WORK:-$ROOT/target/real-ironic}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 DISK_MB=${DISK_MB:-1024}
 IMAGE_MB=${IMAGE_MB:-64}
+CONFIGDRIVE=${CONFIGDRIVE:-1}
 if [[ -z "${CLEAN_STEPS:-}" ]]; then
 	if [[ "$MODE" == deploy ]]; then CLEAN_STEPS=off; else CLEAN_STEPS=full; fi
 fi
@@ -59,6 +61,11 @@ if [[ "$MODE" != deploy && "$CLEAN_STEPS" == off ]]; then
 	echo "mode $MODE needs cleaning: CLEAN_STEPS=off makes no sense here" >&2
 	exit 2
 fi
+case "$CONFIGDRIVE" in 0 | 1) ;; *)
+	echo "CONFIGDRIVE must be 0 or 1" >&2
+	exit 2
+	;;
+esac
 case "$IRONIC_REQUIRE_TLS" in true | false) ;; *)
 	echo "IRONIC_REQUIRE_TLS must be true or false" >&2
 	exit 2
@@ -450,12 +457,16 @@ if [[ "$MODE" != clean ]]; then
 	VALIDATE=$(api GET "/v1/nodes/$NODE/validate")
 	jq -e '.deploy.result and .power.result and .boot.result' >/dev/null <<<"$VALIDATE" ||
 		die "node does not validate: $VALIDATE"
-	CONFIGDRIVE=$(jq -cn '{meta_data: {uuid: "harness-instance", hostname: "ferric-test",
+	CONFIGDRIVE_JSON=$(jq -cn '{meta_data: {uuid: "harness-instance", hostname: "ferric-test",
 		name: "ferric-test", public_keys: {k: "ssh-ed25519 AAAAferric harness"}},
 		user_data: "#cloud-config\nfinal_message: ferric\n"}')
-	log "deploy $IMG_URL (sha256 $IMG_SHA256) with a config drive"
+	log "deploy $IMG_URL (sha256 $IMG_SHA256) $( ((CONFIGDRIVE)) && echo with || echo without) a config drive"
 	t=$(date +%s.%N)
-	provision active "$(jq -cn --argjson c "$CONFIGDRIVE" '{configdrive: $c}')"
+	if [[ "$CONFIGDRIVE" == 1 ]]; then
+		provision active "$(jq -cn --argjson c "$CONFIGDRIVE_JSON" '{configdrive: $c}')"
+	else
+		provision active
+	fi
 	start_agent deploy
 	wait_state active "$STEP_TIMEOUT" "deploy failed" "error"
 	T_DEPLOY=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
@@ -465,9 +476,9 @@ if [[ "$MODE" != clean ]]; then
 		log "WARNING: the agent is still running after 'active' (no standby.power_off seen?)"
 	fi
 	stop_agent
-	"$IRONIC_BIN/python" "$HERE/harness.py" verify-deploy "$LOOPDEV" "$WORK/images/disk.raw" ||
+	"$IRONIC_BIN/python" "$HERE/harness.py" verify-deploy "$LOOPDEV" "$WORK/images/disk.raw" "$CONFIGDRIVE" ||
 		die "the disk does not hold the image + config drive"
-	log "DEPLOY OK: active after ${T_DEPLOY}s; image bytes and config-2 partition verified"
+	log "DEPLOY OK: active after ${T_DEPLOY}s; image bytes$( ((CONFIGDRIVE)) && echo " and config-2 partition") verified"
 fi
 
 echo
