@@ -4,6 +4,7 @@
 //! `device` link (physical NICs); Ferric lists every non-loopback interface
 //! with a `physical` flag so lookup can fall back to virtual ones.
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use serde::Serialize;
@@ -97,8 +98,9 @@ fn driver(device: &Path) -> Option<String> {
         .or_else(|| uevent_value(&device.join("uevent"), "DRIVER"))
 }
 
-/// The nearest PCI function on the device's sysfs path (virtio NICs sit one
-/// level below their PCI function), else `PCI_SLOT_NAME=` from uevent.
+/// The nearest PCI function on the device link's target (virtio NICs sit one
+/// level below their PCI function), else `PCI_SLOT_NAME=` from `device/uevent`
+/// (PCI NICs; fixture trees, which hold copies instead of links).
 fn pci_address(device: &Path) -> Option<String> {
     if let Ok(real) = std::fs::canonicalize(device) {
         let found = real
@@ -110,12 +112,7 @@ fn pci_address(device: &Path) -> Option<String> {
             return found;
         }
     }
-    uevent_value(&device.join("uevent"), "PCI_SLOT_NAME")
-        .or_else(|| {
-            let parent = device.join("..").join("uevent");
-            uevent_value(&parent, "PCI_SLOT_NAME")
-        })
-        .filter(|s| is_pci_address(s))
+    uevent_value(&device.join("uevent"), "PCI_SLOT_NAME").filter(|s| is_pci_address(s))
 }
 
 /// `dddd:bb:dd.f`.
@@ -186,6 +183,73 @@ pub fn lookup_macs(root: &Path, bootif: Option<&str>) -> Vec<String> {
     macs
 }
 
+/// Where interface addresses come from when building an inventory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum AddressSource {
+    /// Ask the running kernel (`getifaddrs`).
+    #[default]
+    Live,
+    /// Use these `(interface, address)` pairs (tests, or addresses gathered elsewhere).
+    Fixed(Vec<(String, IpAddr)>),
+    /// Leave `ipv4_address`/`ipv6_address` empty.
+    Skip,
+}
+
+impl AddressSource {
+    /// The `(interface, address)` pairs this source yields, in kernel order.
+    pub fn addresses(&self) -> Vec<(String, IpAddr)> {
+        match self {
+            AddressSource::Live => live_addresses(),
+            AddressSource::Fixed(v) => v.clone(),
+            AddressSource::Skip => Vec::new(),
+        }
+    }
+}
+
+fn live_addresses() -> Vec<(String, IpAddr)> {
+    let addrs = match nix::ifaddrs::getifaddrs() {
+        Ok(a) => a,
+        Err(e) => {
+            log::warn!("getifaddrs failed: {e}");
+            return Vec::new();
+        }
+    };
+    addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else {
+                IpAddr::V6(sa.as_sockaddr_in6()?.ip())
+            };
+            Some((a.interface_name, ip))
+        })
+        .collect()
+}
+
+/// Fills `ipv4_address` (the first IPv4 address) and `ipv6_address` (the
+/// first global IPv6 address, else the first link-local one, without a
+/// `%scope` suffix). IPA reports the interface's first address of each family
+/// (`netutils.get_ipv4_addr`/`get_ipv6_addr`); preferring a routable IPv6
+/// address keeps `fe80::` out of the inventory when a better one exists.
+pub fn apply_addresses(ifaces: &mut [NetInterface], addrs: &[(String, IpAddr)]) {
+    for iface in ifaces {
+        let mine = addrs
+            .iter()
+            .filter(|(n, _)| *n == iface.name)
+            .map(|(_, a)| a);
+        iface.ipv4_address = mine.clone().find(|a| a.is_ipv4()).map(|a| a.to_string());
+        let v6: Vec<&IpAddr> = mine.filter(|a| a.is_ipv6()).collect();
+        let link_local =
+            |a: &&&IpAddr| matches!(a, IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80);
+        iface.ipv6_address = v6
+            .iter()
+            .find(|a| !link_local(a))
+            .or_else(|| v6.first())
+            .map(|a| a.to_string());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +273,39 @@ mod tests {
         );
         assert_eq!(bootif_mac("01-aa-bb-cc-dd"), None);
         assert_eq!(bootif_mac("01-zz-bb-cc-dd-ee-ff"), None);
+    }
+
+    #[test]
+    fn addresses_prefer_global_ipv6() {
+        let mut ifaces = vec![NetInterface {
+            name: "eth0".into(),
+            mac_address: "52:54:00:00:00:01".into(),
+            ipv4_address: None,
+            ipv6_address: None,
+            has_carrier: true,
+            lldp: None,
+            vendor: None,
+            product: None,
+            client_id: None,
+            biosdevname: None,
+            speed_mbps: None,
+            pci_address: None,
+            driver: None,
+            physical: true,
+        }];
+        let addrs: Vec<(String, IpAddr)> = vec![
+            ("eth1".into(), "10.0.0.9".parse().unwrap()),
+            ("eth0".into(), "fe80::1".parse().unwrap()),
+            ("eth0".into(), "192.0.2.10".parse().unwrap()),
+            ("eth0".into(), "2001:db8::10".parse().unwrap()),
+            ("eth0".into(), "192.0.2.11".parse().unwrap()),
+        ];
+        apply_addresses(&mut ifaces, &addrs);
+        assert_eq!(ifaces[0].ipv4_address.as_deref(), Some("192.0.2.10"));
+        assert_eq!(ifaces[0].ipv6_address.as_deref(), Some("2001:db8::10"));
+        apply_addresses(&mut ifaces, &addrs[..2]);
+        assert_eq!(ifaces[0].ipv4_address, None);
+        assert_eq!(ifaces[0].ipv6_address.as_deref(), Some("fe80::1"));
     }
 
     #[test]
