@@ -14,8 +14,12 @@
 
 mod ata;
 pub mod block;
+pub mod cpu;
+pub mod dmi;
 mod error;
 pub mod hints;
+pub mod inventory;
+pub mod memory;
 pub mod net;
 mod sysfs;
 
@@ -24,3 +28,4 @@ pub use block::{
     MIN_ROOT_DEVICE_SIZE,
 };
 pub use error::HardwareError;
+pub use inventory::{inventory, Inventory, InventoryOptions};

@@ -13,7 +13,7 @@ fn interfaces_from_sysfs() {
     let root = common::fixture("server");
     let ifaces = list_interfaces(&root).unwrap();
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
-    assert_eq!(names, ["bond0", "eno1", "eno2", "ib0"]);
+    assert_eq!(names, ["bond0", "eno1", "eno1.100", "eno2", "ib0"]);
 
     let eno1 = &ifaces[1];
     assert_eq!(
@@ -26,7 +26,7 @@ fn interfaces_from_sysfs() {
         })
     );
     assert!(eno1.physical);
-    let eno2 = &ifaces[2];
+    let eno2 = &ifaces[3];
     assert!(!eno2.has_carrier);
     assert_eq!(eno2.speed_mbps, None);
     assert_eq!(eno2.pci_address.as_deref(), Some("0000:19:00.1"));
@@ -36,7 +36,9 @@ fn interfaces_from_sysfs() {
         (bond0.driver.as_deref(), bond0.vendor.as_deref()),
         (None, None)
     );
-    assert_eq!(ifaces[3].driver.as_deref(), Some("mlx5_core"));
+    assert_eq!(ifaces[4].driver.as_deref(), Some("mlx5_core"));
+    // A VLAN has no device link of its own.
+    assert!(!ifaces[2].physical);
 }
 
 #[test]
