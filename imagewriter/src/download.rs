@@ -40,7 +40,9 @@ pub struct HttpOptions {
     pub ca_file: Option<PathBuf>,
     /// TCP + TLS connect timeout.
     pub connect_timeout: Duration,
-    /// Longest wait for the response head and for each read of the body.
+    /// Longest wait for the response head (which includes connecting, so it also caps the
+    /// connect phase) and for each read of the body. Not a deadline for the whole transfer:
+    /// a server that keeps sending, however slowly, is not cut off (IPA behaves the same).
     pub read_timeout: Duration,
     /// Extra attempts per URL after the first on connection errors, timeouts and 5xx.
     pub retries: u32,

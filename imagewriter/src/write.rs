@@ -11,12 +11,20 @@
 //!    to re-read the partition table.
 //!
 //! Any failure after the first write wipes the first and last MiB again before returning.
-//! Memory use is bounded (one MiB held back + one 4 MiB buffer) whatever the image size.
+//!
+//! # Design
+//! The calling thread reads the image through small adaptors composed in [`write_stream`]
+//! (length check → hash → progress, see [`crate::io`]); a scoped writer thread (`image-writer`)
+//! writes 4 MiB buffers at their offsets, fed by a bounded channel and returning used buffers on
+//! a second one (`stream_rest`), so download and disk writes overlap. Memory is bounded (the
+//! held-back MiB + three 4 MiB buffers) whatever the image size. The head write, fsync and
+//! partition re-read happen on the calling thread after the writer has been joined.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -472,28 +480,93 @@ pub fn write_stream<R: Read>(
 }
 
 /// Write everything after the held-back head; returns the total image size.
+///
+/// Two stages so the network and the disk work at the same time: this thread reads (through the
+/// hashing/progress adaptors) into 4 MiB buffers and hands them over a bounded channel to a
+/// scoped writer thread, which `pwrite`s each at its offset and hands the buffer back. At most
+/// [`BUFFERS`] buffers exist, so memory stays bounded. Either stage stopping makes the other
+/// stop: the writer's error wins, since a read that ended early because the writer was gone is
+/// not the cause.
 fn stream_rest<R: Read>(src: &mut R, disk: &Disk, head_len: u64) -> Result<u64, ImageError> {
     if head_len < HOLD_BACK {
         // read_full stops short only at the end of the stream.
         return Ok(head_len);
     }
+    let (full_tx, full_rx) = mpsc::sync_channel::<Filled>(1);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("image-writer".into())
+            .spawn_scoped(scope, move || -> Result<(), ImageError> {
+                for Filled { offset, buf, len } in full_rx {
+                    disk.write_at(&buf[..len], offset)?;
+                    // The reader may already be gone; then the buffer is simply dropped.
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(())
+            })
+            .map_err(|e| ImageError::io("starting the image writer thread", e))?;
+        let read = read_stage(src, disk.size, head_len, full_tx, empty_rx);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(ImageError::io(
+                "image writer thread",
+                std::io::Error::other("panicked"),
+            ))
+        });
+        written.and(read)
+    })
+}
+
+/// At most this many [`CHUNK`] buffers are alive: one filling, one queued, one writing.
+const BUFFERS: usize = 3;
+
+/// A buffer of image bytes for the writer stage.
+struct Filled {
+    offset: u64,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// The read stage of [`stream_rest`]. Owns the channel ends so that returning (for any reason)
+/// lets the writer stage finish.
+fn read_stage<R: Read>(
+    src: &mut R,
+    device_size: u64,
+    head_len: u64,
+    full_tx: mpsc::SyncSender<Filled>,
+    empty_rx: mpsc::Receiver<Vec<u8>>,
+) -> Result<u64, ImageError> {
     let mut offset = head_len;
-    let mut buf = vec![0u8; CHUNK];
+    let mut allocated = 0;
     loop {
-        let n = read_full(src, &mut buf).map_err(read_error)?;
-        if n == 0 {
+        let mut buf = match empty_rx.try_recv() {
+            Ok(buf) => buf,
+            Err(_) if allocated < BUFFERS => {
+                allocated += 1;
+                vec![0u8; CHUNK]
+            }
+            Err(_) => match empty_rx.recv() {
+                Ok(buf) => buf,
+                // The writer stopped (its error is what the caller reports).
+                Err(_) => return Ok(offset),
+            },
+        };
+        let len = read_full(src, &mut buf).map_err(read_error)?;
+        if len == 0 {
             return Ok(offset);
         }
-        let end = offset + n as u64;
-        if end > disk.size {
+        let end = offset + len as u64;
+        if end > device_size {
             return Err(ImageError::TooLarge {
                 image_bytes: end,
-                device_bytes: disk.size,
+                device_bytes: device_size,
             });
         }
-        disk.write_at(&buf[..n], offset)?;
+        if full_tx.send(Filled { offset, buf, len }).is_err() {
+            return Ok(offset);
+        }
         offset = end;
-        if n < CHUNK {
+        if len < CHUNK {
             return Ok(offset);
         }
     }
@@ -780,6 +853,52 @@ mod tests {
             Err(ImageError::InvalidImageInfo(_))
         ));
     }
+
+    #[test]
+    fn writer_stage_failure_stops_the_reader_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; 64 << 20]).unwrap();
+        // Opened read-only: every pwrite of the writer stage fails with EBADF.
+        let disk = Disk {
+            file: File::open(&path).unwrap(),
+            size: 64 << 20,
+            path: path.clone(),
+        };
+        let reads = std::cell::Cell::new(0usize);
+        let mut src = std::io::repeat(7).take(40 << 20).inspect_reads(&reads);
+        let err = stream_rest(&mut src, &disk, HOLD_BACK).unwrap_err();
+        match err {
+            ImageError::Io { source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(libc::EBADF))
+            }
+            other => panic!("expected the writer's Io error, got {other:?}"),
+        }
+        // The reader stopped soon after the writer failed instead of draining 40 MiB.
+        assert!(reads.get() < 40 << 20, "read {} bytes", reads.get());
+    }
+
+    /// Counts the bytes read through it.
+    struct Counted<'c, R> {
+        inner: R,
+        count: &'c std::cell::Cell<usize>,
+    }
+
+    impl<R: Read> Read for Counted<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.count.set(self.count.get() + n);
+            Ok(n)
+        }
+    }
+
+    trait InspectReads: Read + Sized {
+        fn inspect_reads(self, count: &std::cell::Cell<usize>) -> Counted<'_, Self> {
+            Counted { inner: self, count }
+        }
+    }
+
+    impl<R: Read> InspectReads for R {}
 
     #[test]
     fn file_name_is_last_path_segment() {
