@@ -140,7 +140,10 @@ pub fn http_client(opts: &HttpOptions) -> Result<Client, ImageError> {
         .map_err(|e| ImageError::HttpClient(error_chain(&e)))
 }
 
-fn tls_config(opts: &HttpOptions) -> Result<rustls::ClientConfig, ImageError> {
+/// The rustls (ring) client configuration behind [`http_client`]: roots from `ca_file` or the
+/// system bundle, or no verification with `insecure`. Public so the agent builds its async
+/// Ironic client on the same trust decisions.
+pub fn tls_config(opts: &HttpOptions) -> Result<rustls::ClientConfig, ImageError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -240,7 +243,9 @@ impl ServerCertVerifier for AcceptAnyCert {
 }
 
 /// A reqwest error with its source chain ("error sending request: … : connection refused").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// Flatten an error and its sources into one line (reqwest hides the root cause, such as
+/// "connection refused" or a certificate error, in its source chain).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

@@ -1,0 +1,124 @@
+//! `ferric-agent`: parse the configuration, then serve the API and talk to Ironic.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use ferric_agent::agent::Agent;
+use ferric_agent::config::{Cli, Command, Config, KernelParams};
+use ferric_agent::{api, devices, heartbeat, ironic, logging};
+
+fn read_cmdline(cli: &Cli) -> Result<String, String> {
+    let path = cli
+        .cmdline_file
+        .clone()
+        .unwrap_or_else(|| "/proc/cmdline".into());
+    std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cmdline = match read_cmdline(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferric-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let kernel = KernelParams::parse(&cmdline);
+    if let Some(Command::Inventory) = cli.command {
+        return inventory(&cli, &kernel);
+    }
+    let config = match Config::resolve(&cli, kernel) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferric-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.debug, config.log_file.as_deref());
+    // Ramdisk detection always looks at the real root: a test's --sys-root fixture must
+    // never be able to switch the disk guard off.
+    let in_ramdisk = devices::in_ramdisk(std::path::Path::new("/"));
+    log::info!(
+        "ferric-agent {} starting ({})",
+        ferric_agent::AGENT_VERSION,
+        if in_ramdisk {
+            "in the ramdisk"
+        } else {
+            "outside a ramdisk: only --install-device/--allow-device may be touched, power actions exit"
+        }
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferric-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, in_ramdisk))
+}
+
+async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
+    let listener = match api::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let agent = Arc::new(Agent::new(config, in_ramdisk));
+    log::info!(
+        "ferric-agent listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    tokio::spawn(api::serve(agent.clone(), listener));
+    if agent.config.standalone {
+        log::info!("standalone: no lookup, no heartbeat");
+        std::future::pending::<()>().await;
+        return ExitCode::SUCCESS;
+    }
+    let macs =
+        ferric_hardware::net::lookup_macs(&agent.config.sys_root, agent.config.bootif.as_deref());
+    if macs.is_empty() {
+        log::error!("no network interface with a MAC address to look the node up with");
+    }
+    let http = match ironic::IronicClient::http_client(&agent.config) {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("cannot build the HTTP client for Ironic: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match heartbeat::run(agent, http, macs).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("giving up: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inventory(cli: &Cli, _kernel: &KernelParams) -> ExitCode {
+    let root = cli.sys_root.clone().unwrap_or_else(|| "/".into());
+    match ferric_hardware::list_block_devices(&root) {
+        Ok(d) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"disks": d})).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferric-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
