@@ -310,17 +310,24 @@ async fn serve_one(
         bytes_sent: 0,
         fault: fault.clone(),
     };
+    let idx = {
+        let mut g = shared.lock();
+        g.log.push(log.clone());
+        g.log.len() - 1
+    };
+    // Keeps the log entry current, so a stalled connection is visible while it hangs.
+    let update = |l: &ServedRequest| shared.lock().log[idx] = l.clone();
     let result = respond(
         &mut stream,
         &head,
-        data,
-        fault,
+        (data, fault),
         range_hdr,
         &mut log,
+        &update,
         &mut stop,
     )
     .await;
-    shared.lock().log.push(log);
+    update(&log);
     result
 }
 
@@ -338,10 +345,10 @@ async fn simple(stream: &mut TcpStream, status: u16, reason: &str, extra: &str) 
 async fn respond(
     stream: &mut TcpStream,
     head: &Head,
-    data: Option<Bytes>,
-    fault: Option<Fault>,
+    (data, fault): (Option<Bytes>, Option<Fault>),
     range_hdr: Option<String>,
     log: &mut ServedRequest,
+    update: &(dyn Fn(&ServedRequest) + Sync),
     stop: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     if head.method != "GET" && head.method != "HEAD" {
@@ -436,6 +443,7 @@ async fn respond(
         }
         Some(Fault::StallAfter(_)) => {
             stream.flush().await?;
+            update(log);
             // Hold the connection open, sending nothing, until the server shuts down.
             let _ = tokio::time::timeout(Duration::from_secs(600), stop.wait_for(|s| *s)).await;
             Ok(())

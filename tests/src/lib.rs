@@ -20,9 +20,11 @@
 pub mod agent_process;
 pub mod conductor;
 pub mod disk_layout;
+pub mod e2e;
 pub mod fake_ironic;
 pub mod fixtures;
 pub mod image_server;
 pub mod loopdev;
+pub mod recordings;
 mod server;
 pub mod util;
