@@ -163,6 +163,13 @@ IRONIC_BIN=$IRONIC_VENV/bin
 
 # ---------------------------------------------------------------- scratch dir
 case "$WORK" in /*/*) ;; *) die "REAL_IRONIC_WORK must be an absolute path below /: $WORK" ;; esac
+# A run killed with SIGKILL could not detach its loop device: detach whatever still backs
+# this harness's own disk file (and nothing else) before the file is deleted.
+if [[ -e "$WORK/disk.img" ]]; then
+	losetup -j "$WORK/disk.img" -O NAME -n 2>/dev/null | while read -r stale; do
+		[[ "$stale" == /dev/loop* ]] && losetup -d "$stale" && echo "detached stale $stale"
+	done
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK"/{state,locks,deploy-logs,certs,images,agent-tmp}
 
