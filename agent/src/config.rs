@@ -195,6 +195,8 @@ pub struct Config {
     pub advertise_protocol: String,
     /// No lookup, no heartbeat.
     pub standalone: bool,
+    /// ipa-inspection-callback-url: post the inventory here before lookup.
+    pub inspection_callback_url: Option<String>,
     /// A token given up front (ipa-agent-token / --agent-token).
     pub agent_token: Option<String>,
     /// The install device override.
@@ -292,10 +294,11 @@ impl Config {
             }
         }
         let standalone = cli.standalone || k.flag("ipa-standalone");
-        if !standalone && api_urls.is_empty() {
+        let inspection_callback_url = k.get("ipa-inspection-callback-url").map(str::to_string);
+        if !standalone && api_urls.is_empty() && inspection_callback_url.is_none() {
             return Err(ConfigError::Missing(
                 "no Ironic API URL: pass --api-url or ipa-api-url=… on the kernel command line \
-                 (or --standalone)"
+                 (or --standalone, or ipa-inspection-callback-url=… to only inspect)"
                     .into(),
             ));
         }
@@ -395,6 +398,7 @@ impl Config {
             advertise_port,
             advertise_protocol,
             standalone,
+            inspection_callback_url,
             agent_token,
             install_device: cli.install_device.clone(),
             allow_devices: cli.allow_device.clone(),

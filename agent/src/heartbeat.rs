@@ -93,15 +93,23 @@ fn error_interval() -> Duration {
     Duration::from_secs_f64(rand::thread_rng().gen_range(5.0..=10.0))
 }
 
-/// Look up, then heartbeat forever. Returns only when lookup gives up.
+/// Look up, then heartbeat forever. Returns only when lookup gives up. `node_uuid` comes
+/// from inspection, when it ran first.
 pub async fn run(
     agent: Arc<Agent>,
     http: reqwest::Client,
     macs: Vec<String>,
+    node_uuid: Option<String>,
 ) -> Result<(), IronicError> {
     log::info!("looking up the node by MAC addresses {}", macs.join(", "));
-    let (mut client, found) =
-        lookup_with_retries(&agent.config, &http, &macs, None, agent.token().as_deref()).await?;
+    let (mut client, found) = lookup_with_retries(
+        &agent.config,
+        &http,
+        &macs,
+        node_uuid.as_deref(),
+        agent.token().as_deref(),
+    )
+    .await?;
     apply_lookup(&agent, &found);
     let mut node_uuid = found.uuid().unwrap_or_default().to_string();
     let mut timeout = found.heartbeat_timeout();

@@ -275,12 +275,15 @@ impl IronicClient {
         url: &str,
         version: (u32, u32),
     ) -> reqwest::RequestBuilder {
+        let with_body = method == reqwest::Method::POST;
         let mut r = self
             .http
             .request(method, url)
             .header("Accept", "application/json")
-            .header("Content-Type", "application/json")
             .header("X-OpenStack-Ironic-API-Version", self.version_for(version));
+        if with_body {
+            r = r.header("Content-Type", "application/json");
+        }
         if let Some(id) = &self.request_id {
             r = r.header("X-OpenStack-Request-ID", id);
         }

@@ -1,7 +1,8 @@
 //! Ferric's agent: the in-band deploy agent an Ironic conductor drives over HTTP.
 //!
 //! - [`config`]: kernel parameters and flags → [`config::Config`].
-//! - [`ironic`], [`heartbeat`]: lookup and heartbeats (agent → Ironic).
+//! - [`ironic`], [`heartbeat`]: lookup and heartbeats (agent → Ironic); [`inspect`]:
+//!   inspection data posted before lookup.
 //! - [`api`]: the REST API (Ironic → agent).
 //! - [`commands`]: IPA's extensions and commands.
 //! - [`devices`]: install device choice and the guard that keeps the agent off disks it
@@ -15,6 +16,7 @@ pub mod config;
 pub mod devices;
 pub mod error;
 pub mod heartbeat;
+pub mod inspect;
 pub mod ironic;
 pub mod logging;
 pub mod power;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ferric_agent::agent::Agent;
 use ferric_agent::config::{Cli, Command, Config, KernelParams};
-use ferric_agent::{api, devices, heartbeat, ironic, logging};
+use ferric_agent::{api, commands, devices, heartbeat, inspect, ironic, logging};
 
 fn read_cmdline(cli: &Cli) -> Result<String, String> {
     let path = cli
@@ -85,11 +85,6 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
         std::future::pending::<()>().await;
         return ExitCode::SUCCESS;
     }
-    let macs =
-        ferric_hardware::net::lookup_macs(&agent.config.sys_root, agent.config.bootif.as_deref());
-    if macs.is_empty() {
-        log::error!("no network interface with a MAC address to look the node up with");
-    }
     let http = match ironic::IronicClient::http_client(&agent.config) {
         Ok(h) => h,
         Err(e) => {
@@ -97,7 +92,38 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match heartbeat::run(agent, http, macs).await {
+    let mut node_uuid = None;
+    if let Some(url) = agent.config.inspection_callback_url.clone() {
+        let config = agent.config.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            inspect::collect(&config, commands::collect_logs_base64)
+        })
+        .await
+        .unwrap_or_default();
+        log::info!("posting inspection data to {url}");
+        match inspect::post(&http, &url, &data).await {
+            Ok(Some(answer)) => {
+                log::info!("inspection accepted; node {:?}", answer.node_uuid);
+                if let Some(t) = &answer.agent_token {
+                    agent.set_token(t);
+                }
+                node_uuid = answer.node_uuid;
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("{e}"),
+        }
+    }
+    if agent.config.api_urls.is_empty() {
+        log::info!("no ipa-api-url: inspection only, no lookup; serving the API");
+        std::future::pending::<()>().await;
+        return ExitCode::SUCCESS;
+    }
+    let macs =
+        ferric_hardware::net::lookup_macs(&agent.config.sys_root, agent.config.bootif.as_deref());
+    if macs.is_empty() {
+        log::error!("no network interface with a MAC address to look the node up with");
+    }
+    match heartbeat::run(agent, http, macs, node_uuid).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("giving up: {e}");
@@ -106,14 +132,24 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
     }
 }
 
-fn inventory(cli: &Cli, _kernel: &KernelParams) -> ExitCode {
-    let root = cli.sys_root.clone().unwrap_or_else(|| "/".into());
-    match ferric_hardware::list_block_devices(&root) {
-        Ok(d) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"disks": d})).unwrap_or_default()
-            );
+/// `ferric-agent inventory`: the inventory as JSON, pretty on a terminal.
+fn inventory(cli: &Cli, kernel: &KernelParams) -> ExitCode {
+    use std::io::IsTerminal;
+    let inv = ferric_hardware::inventory(
+        &cli.sys_root.clone().unwrap_or_else(|| "/".into()),
+        &ferric_hardware::InventoryOptions {
+            bootif: kernel.get("BOOTIF").map(str::to_string),
+            ..Default::default()
+        },
+    );
+    let out = if std::io::stdout().is_terminal() {
+        serde_json::to_string_pretty(&inv)
+    } else {
+        serde_json::to_string(&inv)
+    };
+    match out {
+        Ok(s) => {
+            println!("{s}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -80,25 +80,47 @@ fn add(tar: &mut tar::Builder<GzEncoder<Vec<u8>>>, name: &str, data: &str) -> st
     tar.append_data(&mut h, name, data.as_bytes())
 }
 
-fn build(agent: &Agent) -> std::io::Result<Vec<u8>> {
+/// The tar.gz. Without an agent (inspection runs before one is fully set up) the command
+/// history is left out.
+fn build(agent: Option<&Agent>) -> std::io::Result<Vec<u8>> {
     let gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     add(&mut tar, "ferric-agent.log", &crate::logging::snapshot())?;
     add(&mut tar, "dmesg", &kernel_log())?;
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_else(|e| format!("({p}: {e})\n"));
-    add(&mut tar, "cmdline", &read("/proc/cmdline"))?;
+    let cmdline = match agent {
+        // What the agent was configured with (a --cmdline-file in tests), not the host's.
+        Some(a) => a
+            .config
+            .kernel
+            .0
+            .iter()
+            .map(|(k, v)| {
+                if v.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => read("/proc/cmdline"),
+    };
+    add(&mut tar, "cmdline", &cmdline)?;
     add(&mut tar, "mounts", &read("/proc/self/mounts"))?;
     add(&mut tar, "meminfo", &read("/proc/meminfo"))?;
-    let devices = match ferric_hardware::list_block_devices(&agent.config.sys_root) {
+    let root = agent
+        .map(|a| a.config.sys_root.clone())
+        .unwrap_or_else(|| "/".into());
+    let devices = match ferric_hardware::list_block_devices(&root) {
         Ok(d) => serde_json::to_string_pretty(&d).unwrap_or_default(),
         Err(e) => format!("({e})"),
     };
     add(&mut tar, "block-devices.json", &devices)?;
     // Names, statuses and errors only: results echo steps whose arguments may hold image
     // server credentials.
-    let commands: String = agent
-        .runner
-        .list()
+    let history = agent.map(|a| a.runner.list()).unwrap_or_default();
+    let commands: String = history
         .iter()
         .map(|c| {
             format!(
@@ -121,7 +143,14 @@ fn build(agent: &Agent) -> std::io::Result<Vec<u8>> {
 
 /// `log.collect_system_logs()` → `{"system_logs": "<base64 tar.gz>"}`.
 pub fn collect_system_logs(agent: &Arc<Agent>, _params: Params) -> Outcome {
-    let bytes = build(agent)
+    let bytes = build(Some(agent))
         .map_err(|e| AgentError::execution(format!("cannot build the log archive: {e}")))?;
     Ok(json!({ "system_logs": base64::engine::general_purpose::STANDARD.encode(bytes) }))
+}
+
+/// The logs collector of inspection: the same archive, base64, `None` on failure.
+pub fn collect_logs_base64() -> Option<String> {
+    build(None)
+        .ok()
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
 }

@@ -15,6 +15,7 @@
 mod deploy;
 mod image;
 mod logs;
+mod poll;
 mod standby;
 
 use std::panic::AssertUnwindSafe;
@@ -27,6 +28,8 @@ use tokio::sync::watch;
 use crate::agent::Agent;
 use crate::error::AgentError;
 
+pub use deploy::{manager_versions, MANAGER, MANAGER_VERSION};
+pub use logs::collect_logs_base64;
 pub use standby::write_image_from_params;
 
 /// The parameters of a command (`params` in the request body).
@@ -148,6 +151,11 @@ fn lookup(extension: &str, command: &str) -> Result<Spec, AgentError> {
         },
         "image" => match command {
             "install_bootloader" => Some(asynchronous(image::install_bootloader, None)),
+            _ => None,
+        },
+        "poll" => match command {
+            "get_hardware_info" => Some(sync(poll::get_hardware_info)),
+            "get_node_info" => Some(sync(poll::get_node_info)),
             _ => None,
         },
         "log" => match command {

@@ -335,3 +335,29 @@ async fn collect_system_logs_is_a_tar_gz_without_the_token() {
     );
     assert!(!all.contains("super-secret-token-123"));
 }
+
+#[tokio::test]
+async fn hardware_info_is_ipa_inventory() {
+    let a = agent();
+    let e = a
+        .runner
+        .execute(&a, "poll.get_hardware_info", Params::new())
+        .await
+        .unwrap();
+    let s = e.snapshot();
+    assert_eq!(s.command_status, Status::Succeeded);
+    let inv = s.command_result.unwrap();
+    for key in [
+        "interfaces",
+        "cpu",
+        "disks",
+        "memory",
+        "system_vendor",
+        "boot",
+        "hostname",
+    ] {
+        assert!(inv.get(key).is_some(), "inventory lacks {key}: {inv}");
+    }
+    assert!(inv["cpu"]["count"].as_u64().unwrap() >= 1);
+    assert!(inv["memory"]["total"].as_u64().unwrap() > 0);
+}
