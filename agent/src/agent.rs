@@ -3,7 +3,7 @@
 //! went to, its root UUID).
 
 use std::path::PathBuf;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -45,6 +45,8 @@ pub struct Agent {
     pub deploy: Mutex<DeployState>,
     /// Signalled when an async command finished: the heartbeater sends one at once.
     pub force_heartbeat: Notify,
+    /// The API's TLS, when it serves HTTPS (lookup's tls_min_version is applied to it).
+    pub server_tls: OnceLock<Arc<crate::tls::ServerTls>>,
 }
 
 impl Agent {
@@ -69,6 +71,7 @@ impl Agent {
             lookup_config: RwLock::new(None),
             deploy: Mutex::new(DeployState::default()),
             force_heartbeat: Notify::new(),
+            server_tls: OnceLock::new(),
             config,
         }
     }

@@ -336,8 +336,17 @@ fn socket2_dual_stack(sock: &tokio::net::TcpSocket) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// Serve until the process ends.
+/// Serve plain HTTP until the process ends.
 pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
+    serve_with(agent, listener, None).await
+}
+
+/// Serve until the process ends; HTTPS when `tls` is given.
+pub async fn serve_with(
+    agent: Arc<Agent>,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = match slots.clone().acquire_owned().await {
@@ -353,26 +362,45 @@ pub async fn serve(agent: Arc<Agent>, listener: TcpListener) {
             }
         };
         let agent = agent.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let agent = agent.clone();
-                async move {
-                    let method = req.method().clone();
-                    let path = req.uri().path().to_string();
-                    let resp = handle(agent, req).await;
-                    log::debug!("{peer} {method} {path} → {}", resp.status().as_u16());
-                    Ok::<_, Infallible>(resp)
+            match tls {
+                None => serve_connection(agent, TokioIo::new(stream), peer).await,
+                Some(t) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(t.config());
+                    // A client that never finishes the handshake holds a slot only this long.
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_connection(agent, TokioIo::new(s), peer).await,
+                        Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
+                        Err(_) => log::debug!("TLS handshake with {peer} timed out"),
+                    }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                log::debug!("connection from {peer} ended: {e}");
             }
             drop(permit);
         });
+    }
+}
+
+async fn serve_connection<I>(agent: Arc<Agent>, io: I, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let agent = agent.clone();
+        async move {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let resp = handle(agent, req).await;
+            log::debug!("{peer} {method} {path} → {}", resp.status().as_u16());
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, svc);
+    if let Err(e) = conn.await {
+        log::debug!("connection from {peer} ended: {e}");
     }
 }
 

@@ -69,6 +69,16 @@ pub struct Cli {
     #[arg(long, value_enum)]
     pub power_action: Option<PowerAction>,
 
+    /// Serve the API over HTTPS with this PEM certificate chain (with --tls-key; no kernel
+    /// parameter). Without it the agent generates a certificate when Ironic supports
+    /// agent_verify_ca (API 1.68) [kernel: ipa-enable-auto-tls, default on].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key for --tls-cert (no kernel parameter).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Also append the log to PATH (no kernel parameter).
     #[arg(long, value_name = "PATH", global = true)]
     pub log_file: Option<PathBuf>,
@@ -191,8 +201,12 @@ pub struct Config {
     pub advertise_host: Option<String>,
     /// Port advertised in the callback URL.
     pub advertise_port: u16,
-    /// `http` or `https` in the callback URL.
+    /// `http` or `https` in the callback URL (https whenever the API serves TLS).
     pub advertise_protocol: String,
+    /// Certificate and key files for the API, when given.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// ipa-enable-auto-tls: generate a certificate when Ironic supports agent_verify_ca.
+    pub auto_tls: bool,
     /// No lookup, no heartbeat.
     pub standalone: bool,
     /// ipa-inspection-callback-url: post the inventory here before lookup.
@@ -397,6 +411,11 @@ impl Config {
             advertise_host,
             advertise_port,
             advertise_protocol,
+            tls_files: cli.tls_cert.clone().zip(cli.tls_key.clone()),
+            auto_tls: k
+                .0
+                .get("ipa-enable-auto-tls")
+                .is_none_or(|_| k.flag("ipa-enable-auto-tls")),
             standalone,
             inspection_callback_url,
             agent_token,

@@ -18,12 +18,18 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::agent::Agent;
 use crate::config::Config;
-use crate::ironic::{lookup_with_retries, IronicError, LookupResult};
+use crate::ironic::{lookup_with_retries, IronicClient, IronicError, LookupResult};
 
 /// Forced heartbeats come at most this often.
 const MIN_FORCED_INTERVAL: Duration = Duration::from_secs(5);
 
 fn apply_lookup(agent: &Agent, found: &LookupResult) {
+    if let (Some(tls), Some(v)) = (
+        agent.server_tls.get(),
+        found.config.get("tls_min_version").and_then(|v| v.as_str()),
+    ) {
+        tls.set_min_version(v);
+    }
     agent.set_node(found.node.clone());
     agent.set_lookup_config(found.config.clone());
     if let Some(t) = found.clear_token() {
@@ -67,9 +73,10 @@ async fn route_source(api_base: &str) -> Option<IpAddr> {
     Some(sock.local_addr().ok()?.ip())
 }
 
-/// The callback URL sent with every heartbeat.
-pub async fn callback_url(config: &Config, api_base: &str) -> String {
-    let host = match &config.advertise_host {
+/// The host the conductor reaches the agent at: ipa-advertise-host, else the source
+/// address of the route towards Ironic.
+pub async fn advertise_host(config: &Config, api_base: &str) -> String {
+    match &config.advertise_host {
         Some(h) => h.clone(),
         None => match route_source(api_base).await {
             Some(ip) => ip.to_string(),
@@ -81,8 +88,7 @@ pub async fn callback_url(config: &Config, api_base: &str) -> String {
                 config.listen.ip().to_string()
             }
         },
-    };
-    format_callback(&config.advertise_protocol, &host, config.advertise_port)
+    }
 }
 
 fn regular_interval(timeout: Duration) -> Duration {
@@ -94,17 +100,22 @@ fn error_interval() -> Duration {
 }
 
 /// Look up, then heartbeat forever. Returns only when lookup gives up. `node_uuid` comes
-/// from inspection, when it ran first.
+/// from inspection, when it ran first; `verify_ca` is the generated certificate when the API
+/// serves auto TLS.
 pub async fn run(
     agent: Arc<Agent>,
     http: reqwest::Client,
+    client: IronicClient,
     macs: Vec<String>,
     node_uuid: Option<String>,
+    callback: String,
+    verify_ca: Option<String>,
 ) -> Result<(), IronicError> {
     log::info!("looking up the node by MAC addresses {}", macs.join(", "));
     let (mut client, found) = lookup_with_retries(
         &agent.config,
         &http,
+        Some(client),
         &macs,
         node_uuid.as_deref(),
         agent.token().as_deref(),
@@ -117,7 +128,6 @@ pub async fn run(
         "found node {node_uuid}; heartbeat_timeout {}s",
         timeout.as_secs()
     );
-    let callback = callback_url(&agent.config, client.base()).await;
     log::info!("callback URL {callback}");
 
     let mut next = Instant::now();
@@ -135,7 +145,12 @@ pub async fn run(
         last_sent = Some(Instant::now());
         let token = agent.token();
         match client
-            .heartbeat(&node_uuid, &callback, token.as_deref(), None)
+            .heartbeat(
+                &node_uuid,
+                &callback,
+                token.as_deref(),
+                verify_ca.as_deref(),
+            )
             .await
         {
             Ok(()) => {
@@ -146,7 +161,15 @@ pub async fn run(
                 log::warn!(
                     "heartbeat refused ({e}); the conductor dropped our token: looking up again"
                 );
-                match lookup_with_retries(&agent.config, &http, &macs, Some(&node_uuid), None).await
+                match lookup_with_retries(
+                    &agent.config,
+                    &http,
+                    Some(client.clone()),
+                    &macs,
+                    Some(node_uuid.as_str()),
+                    None,
+                )
+                .await
                 {
                     Ok((c, found)) => {
                         if found.clear_token().is_none() {

@@ -265,6 +265,12 @@ impl IronicClient {
         &self.base
     }
 
+    /// True when Ironic accepts `agent_verify_ca` in heartbeats (API 1.68), which is what
+    /// IPA's automatic TLS needs.
+    pub fn supports_auto_tls(&self) -> bool {
+        self.max_version >= HEARTBEAT_VERSION
+    }
+
     fn version_for(&self, want: (u32, u32)) -> String {
         fmt_version(want.min(self.max_version))
     }
@@ -399,6 +405,33 @@ fn urlencode(s: &str) -> String {
     out
 }
 
+/// Discover the API, retrying with backoff until `config.lookup_timeout` (the agent needs
+/// the API version before it serves: it decides whether to serve TLS).
+pub async fn discover_with_retries(
+    config: &Config,
+    http: &reqwest::Client,
+) -> Result<IronicClient, IronicError> {
+    let deadline = Instant::now() + config.lookup_timeout;
+    let mut attempt = 0u32;
+    loop {
+        match IronicClient::discover(config, http.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                let pause = backoff(config.lookup_interval, attempt);
+                attempt += 1;
+                if Instant::now() + pause > deadline {
+                    return Err(e);
+                }
+                log::warn!(
+                    "Ironic API not reachable ({e}); retrying in {:.1}s",
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
 /// The pauses after a 409 from lookup (the conductor holds the node's lock): 5, 10, then
 /// 30 s (PROTOCOL.md §1).
 fn conflict_pause(n: u32) -> Duration {
@@ -422,6 +455,7 @@ pub fn backoff(base: Duration, n: u32) -> Duration {
 pub async fn lookup_with_retries(
     config: &Config,
     http: &reqwest::Client,
+    initial: Option<IronicClient>,
     macs: &[String],
     node_uuid: Option<&str>,
     known_token: Option<&str>,
@@ -429,7 +463,7 @@ pub async fn lookup_with_retries(
     let deadline = Instant::now() + config.lookup_timeout;
     let mut attempt = 0u32;
     let mut conflicts = 0u32;
-    let mut client: Option<IronicClient> = None;
+    let mut client: Option<IronicClient> = initial;
     loop {
         let err = match &client {
             None => match IronicClient::discover(config, http.clone()).await {

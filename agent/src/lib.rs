@@ -7,6 +7,7 @@
 //! - [`commands`]: IPA's extensions and commands.
 //! - [`devices`]: install device choice and the guard that keeps the agent off disks it
 //!   was not given.
+//! - [`tls`]: the API over HTTPS (IPA's auto TLS).
 //! - [`power`], [`logging`], [`error`]: the rest.
 
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod inspect;
 pub mod ironic;
 pub mod logging;
 pub mod power;
+pub mod tls;
 
 /// The version reported to Ironic in heartbeats and `/v1/status`. Ironic stores it and
 /// shows it to operators; the IPA-like numeric prefix keeps any version comparison on the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use ferric_agent::agent::Agent;
 use ferric_agent::config::{Cli, Command, Config, KernelParams};
-use ferric_agent::{api, commands, devices, heartbeat, inspect, ironic, logging};
+use ferric_agent::{api, commands, devices, heartbeat, inspect, ironic, logging, tls};
 
 fn read_cmdline(cli: &Cli) -> Result<String, String> {
     let path = cli
@@ -71,16 +71,33 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let static_tls = match &config.tls_files {
+        Some((cert, key)) => match tls::ServerTls::from_files(cert, key) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                log::error!("cannot use the TLS certificate: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let agent = Arc::new(Agent::new(config, in_ramdisk));
-    log::info!(
-        "ferric-agent listening on {}",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    );
-    tokio::spawn(api::serve(agent.clone(), listener));
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let start_serving = |tls: Option<Arc<tls::ServerTls>>| {
+        log::info!(
+            "ferric-agent listening on {local} ({})",
+            if tls.is_some() { "https" } else { "http" }
+        );
+        if let Some(t) = &tls {
+            let _ = agent.server_tls.set(t.clone());
+        }
+        tokio::spawn(api::serve_with(agent.clone(), listener, tls));
+    };
     if agent.config.standalone {
+        start_serving(static_tls);
         log::info!("standalone: no lookup, no heartbeat");
         std::future::pending::<()>().await;
         return ExitCode::SUCCESS;
@@ -114,16 +131,52 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
         }
     }
     if agent.config.api_urls.is_empty() {
-        log::info!("no ipa-api-url: inspection only, no lookup; serving the API");
+        start_serving(static_tls);
+        log::info!("no ipa-api-url: inspection only, no lookup");
         std::future::pending::<()>().await;
         return ExitCode::SUCCESS;
     }
+
+    // Like IPA, learn Ironic's API version before serving: it decides auto TLS.
+    let client = match ironic::discover_with_retries(&agent.config, &http).await {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("giving up: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let host = heartbeat::advertise_host(&agent.config, client.base()).await;
+    let tls = match static_tls {
+        Some(t) => Some(t),
+        None if agent.config.auto_tls && client.supports_auto_tls() => {
+            match tls::ServerTls::generate(&host) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    log::error!("automatic TLS failed, serving plain HTTP: {e}");
+                    None
+                }
+            }
+        }
+        None => {
+            log::info!("automatic TLS off (ipa-enable-auto-tls, or Ironic older than API 1.68)");
+            None
+        }
+    };
+    let protocol = if tls.is_some() {
+        "https"
+    } else {
+        agent.config.advertise_protocol.as_str()
+    };
+    let callback = heartbeat::format_callback(protocol, &host, agent.config.advertise_port);
+    let verify_ca = tls.as_ref().and_then(|t| t.verify_ca.clone());
+    start_serving(tls);
+
     let macs =
         ferric_hardware::net::lookup_macs(&agent.config.sys_root, agent.config.bootif.as_deref());
     if macs.is_empty() {
         log::error!("no network interface with a MAC address to look the node up with");
     }
-    match heartbeat::run(agent, http, macs, node_uuid).await {
+    match heartbeat::run(agent, http, client, macs, node_uuid, callback, verify_ca).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("giving up: {e}");
