@@ -28,46 +28,52 @@ pub fn workspace_root() -> PathBuf {
 /// `$CARGO_TARGET_DIR/debug/ferric-agent` (or `<workspace>/target/debug/ferric-agent`).
 /// Panics with cargo's output when the build fails.
 pub fn agent_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("FERRIC_AGENT_BIN") {
-            let p = PathBuf::from(p);
-            assert!(
-                p.is_file(),
-                "FERRIC_AGENT_BIN={} is not a file",
-                p.display()
-            );
-            return p;
+    // The outcome (failure too) is computed once, so a broken build is reported by every test
+    // without rebuilding for each one.
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(locate_or_build) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn locate_or_build() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("FERRIC_AGENT_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(format!("FERRIC_AGENT_BIN={} is not a file", p.display()));
         }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let root = workspace_root();
-        let out = Command::new(&cargo)
-            .arg("build")
-            .arg("--manifest-path")
-            .arg(root.join("Cargo.toml"))
-            .args(["-p", "ferric-agent", "--bin", "ferric-agent"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build ferric-agent: {e}"));
-        assert!(
-            out.status.success(),
+        return Ok(p);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = workspace_root();
+    let out = Command::new(&cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .args(["-p", "ferric-agent", "--bin", "ferric-agent"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cargo:?} to build ferric-agent: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
             "building ferric-agent failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|p| if p.is_absolute() { p } else { root.join(p) })
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug").join("ferric-agent");
-        assert!(
-            bin.is_file(),
+        ));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("ferric-agent");
+    if !bin.is_file() {
+        return Err(format!(
             "built ferric-agent but {} is missing",
             bin.display()
-        );
-        bin
-    })
-    .clone()
+        ));
+    }
+    Ok(bin)
 }
 
 /// A running agent process. Killed (SIGKILL) when dropped; when dropped during a panic its

@@ -355,10 +355,10 @@ impl Conductor {
         let ctx = Ctx {
             node: node.clone(),
             shared: shared.clone(),
-            client: reqwest::blocking::Client::builder()
-                .timeout(opts.command_timeout)
-                .build()
-                .expect("reqwest blocking client"),
+            client: Mutex::new((
+                None,
+                agent_client(opts.command_timeout, None).expect("reqwest blocking client"),
+            )),
             opts,
         };
         let thread = std::thread::Builder::new()
@@ -547,11 +547,37 @@ enum Outcome {
 struct Ctx {
     node: NodeHandle,
     shared: Arc<CondShared>,
-    client: reqwest::blocking::Client,
+    /// HTTP client and the `agent_verify_ca` it trusts (rebuilt when the CA changes).
+    client: Mutex<(Option<String>, reqwest::blocking::Client)>,
     opts: ConductorOptions,
 }
 
+/// A client for the agent: like Ironic, trust exactly the certificate the agent sent as
+/// `agent_verify_ca` (IPA's auto TLS) when there is one.
+fn agent_client(timeout: Duration, ca: Option<&str>) -> Result<reqwest::blocking::Client, String> {
+    let mut b = reqwest::blocking::Client::builder().timeout(timeout);
+    if let Some(pem) = ca {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| format!("agent_verify_ca is not a PEM certificate: {e}"))?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
 impl Ctx {
+    fn client(&self) -> Result<reqwest::blocking::Client, String> {
+        let ca = self.node.node().agent_verify_ca;
+        let mut g = lock(&self.client);
+        if g.0 != ca {
+            *g = (
+                ca.clone(),
+                agent_client(self.opts.command_timeout, ca.as_deref())?,
+            );
+        }
+        Ok(g.1.clone())
+    }
+
     fn stopping(&self) -> bool {
         self.shared.stop.load(Ordering::SeqCst)
     }
@@ -595,10 +621,13 @@ impl Ctx {
         let Some((base, token)) = self.agent_base() else {
             return Outcome::Failed("no agent URL or token known".into());
         };
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(e),
+        };
         let at = self.node.elapsed();
         let body = json!({"name": name, "params": params});
-        let resp = self
-            .client
+        let resp = client
             .post(format!("{base}/v1/commands/"))
             .query(&[
                 ("wait", if wait { "true" } else { "false" }),
@@ -648,9 +677,9 @@ impl Ctx {
         let Some((base, token)) = self.agent_base() else {
             return Err("no agent URL or token known".into());
         };
+        let client = self.client()?;
         let at = self.node.elapsed();
-        let resp = self
-            .client
+        let resp = client
             .get(format!("{base}/v1/commands/"))
             .query(&[("agent_token", token.as_str())])
             .header("User-Agent", "python-requests/2.34.2")

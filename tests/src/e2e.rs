@@ -43,12 +43,20 @@ impl ApiReply {
 impl AgentApi {
     /// A client for `base` with a 90 s timeout (above the conductor's 60 s).
     pub fn new(base: &str) -> AgentApi {
+        Self::with_ca(base, None)
+    }
+
+    /// A client for `base` trusting `ca_pem` (the agent's `agent_verify_ca`) for HTTPS.
+    pub fn with_ca(base: &str, ca_pem: Option<&str>) -> AgentApi {
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(90));
+        if let Some(pem) = ca_pem {
+            b = b.add_root_certificate(
+                reqwest::Certificate::from_pem(pem.as_bytes()).expect("agent_verify_ca is PEM"),
+            );
+        }
         AgentApi {
             base: base.trim_end_matches('/').to_string(),
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .build()
-                .expect("reqwest client"),
+            client: b.build().expect("reqwest client"),
         }
     }
 

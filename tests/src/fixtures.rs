@@ -42,10 +42,18 @@ pub struct TestImage {
     pub kind: TableKind,
     /// Lower-case hex sha256.
     pub sha256: String,
-    /// Lower-case hex sha512.
-    pub sha512: String,
-    /// Lower-case hex md5.
-    pub md5: String,
+}
+
+impl TestImage {
+    /// Lower-case hex sha512 (computed on demand: hashing is slow in debug builds).
+    pub fn sha512(&self) -> String {
+        sha512_hex(&self.bytes)
+    }
+
+    /// Lower-case hex md5 (computed on demand).
+    pub fn md5(&self) -> String {
+        md5_hex(&self.bytes)
+    }
 }
 
 /// Lower-case hex sha256 of `data`.
@@ -139,8 +147,6 @@ pub fn test_image(kind: TableKind, size: usize, seed: u64) -> TestImage {
     }
     TestImage {
         sha256: sha256_hex(&img),
-        sha512: sha512_hex(&img),
-        md5: md5_hex(&img),
         bytes: img,
         kind,
     }

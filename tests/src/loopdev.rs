@@ -52,12 +52,16 @@ impl LoopDevice {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-        if !device.starts_with("/dev/loop") {
+        let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let digits = name.strip_prefix("/dev/loop").unwrap_or("");
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            // Not a name we can trust to detach later: refuse rather than guess.
             return Err(io::Error::other(format!(
-                "losetup printed an unexpected device name {device:?}"
+                "losetup printed an unexpected device name {name:?} for {}",
+                backing.display()
             )));
         }
+        let device = PathBuf::from(name);
         Ok(LoopDevice {
             device,
             backing,
@@ -126,18 +130,20 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        // Only our own device, by the exact name losetup gave us.
-        match Command::new("losetup").arg("-d").arg(&self.device).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: losetup -d {} failed: {}",
-                self.device.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => eprintln!(
-                "warning: cannot run losetup -d {}: {e}",
-                self.device.display()
-            ),
+        // Only our own device, by the exact name losetup gave us. A process that just closed
+        // it (or udev probing it) can keep it busy for a moment: retry briefly.
+        let mut last = String::new();
+        for _ in 0..20 {
+            match Command::new("losetup").arg("-d").arg(&self.device).output() {
+                Ok(o) if o.status.success() => return,
+                Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                Err(e) => last = format!("cannot run losetup: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        eprintln!(
+            "warning: losetup -d {} failed: {last}",
+            self.device.display()
+        );
     }
 }
