@@ -197,7 +197,7 @@ fn main() -> ExitCode {
         if now != last {
             println!(
                 "[{:7.2}s] provision_state={} phase={}",
-                start.elapsed().as_secs_f64(),
+                ironic.elapsed().as_secs_f64(),
                 now.0,
                 now.1
             );
