@@ -13,6 +13,8 @@ use crate::modules::Selection;
 pub const INIT_SCRIPT: &str = include_str!("../assets/init");
 /// busybox udhcpc's event script: addresses, routes, resolv.conf, hostname.
 pub const UDHCPC_SCRIPT: &str = include_str!("../assets/udhcpc.script");
+/// Handler for `busybox uevent`: loads drivers for devices that appear after boot.
+pub const UEVENT_SCRIPT: &str = include_str!("../assets/uevent");
 
 /// Where the agent lives in the ramdisk (the init script starts it from there).
 pub const AGENT_PATH: &str = "usr/bin/ferric-agent";
@@ -65,6 +67,12 @@ pub fn assemble(c: &Contents<'_>) -> Result<Archive, CpioError> {
         "usr/share/udhcpc/default.script",
         0o755,
         UDHCPC_SCRIPT.as_bytes().to_vec(),
+    )?;
+
+    a.add_file(
+        "usr/lib/ferric/uevent",
+        0o755,
+        UEVENT_SCRIPT.as_bytes().to_vec(),
     )?;
 
     a.add_file(
@@ -199,7 +207,11 @@ mod tests {
     #[test]
     fn init_script_is_valid_shell() {
         // `sh -n` parses without running; busybox ash and dash accept the same syntax here.
-        for (name, text) in [("init", INIT_SCRIPT), ("udhcpc", UDHCPC_SCRIPT)] {
+        for (name, text) in [
+            ("init", INIT_SCRIPT),
+            ("udhcpc", UDHCPC_SCRIPT),
+            ("uevent", UEVENT_SCRIPT),
+        ] {
             let out = std::process::Command::new("sh")
                 .args(["-n", "-c", text])
                 .output()

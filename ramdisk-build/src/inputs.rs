@@ -128,17 +128,25 @@ pub fn extract_deb(deb: &Path, cache: &Path) -> Result<PathBuf> {
         return Ok(dest);
     }
     std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    let tmp = cache.join(format!("{stem}.tmp"));
+    // A per-process scratch name: two builds sharing the cache may extract at once.
+    let tmp = cache.join(format!("{stem}.tmp.{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
             .with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
+    if marker.exists() && dest.is_dir() {
+        // Another build finished first; its tree is identical.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(dest);
+    }
     if dest.exists() {
+        // Left over from an interrupted extraction (no marker).
         std::fs::remove_dir_all(&dest)
             .with_context(|| format!("cannot remove {}", dest.display()))?;
     }
-    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp))?;
-    std::fs::rename(&tmp, &dest)?;
+    std::fs::rename(&tmp, &dest)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
     std::fs::write(&marker, b"")?;
     Ok(dest)
 }
