@@ -414,3 +414,79 @@ fn hostile_tables_never_panic() {
         }
     }
 }
+
+/// Recompute the primary GPT's entry-array and header CRCs after an edit (512-byte sectors,
+/// 128 entries of 128 bytes at LBA 2, as in the gpt fixture).
+fn fix_crcs(bytes: &mut [u8]) {
+    let crc = crc32fast::hash(&bytes[1024..1024 + 128 * 128]);
+    bytes[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+    bytes[512 + 16..512 + 20].fill(0);
+    let crc = crc32fast::hash(&bytes[512..512 + 92]);
+    bytes[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn disk_from_bytes(bytes: &[u8], size: u64) -> std::fs::File {
+    let f = tempfile::tempfile().unwrap();
+    f.write_all_at(bytes, 0).unwrap();
+    f.set_len(size).unwrap();
+    f
+}
+
+#[test]
+fn hostile_gpt_with_valid_crcs_is_refused_not_trusted() {
+    let img = image("gpt");
+    // An entry far beyond any disk.
+    let mut b = img[..64 * 1024].to_vec();
+    let e = 1024 + 128; // Entry 2.
+    b[e + 32..e + 40].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+    b[e + 40..e + 48].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+    fix_crcs(&mut b);
+    let f = disk_from_bytes(&b, 100 * MIB);
+    let err = read_table(&f).unwrap_err();
+    assert!(err.to_string().contains("beyond any disk"), "{err}");
+    assert!(add_partition_at_end(&f, MIB, "config-2").is_err());
+    assert!(fix_gpt_backup(&f).is_err());
+
+    // A header claiming usable space up to LBA 2^64 - 2 (the image's backup, at the end of
+    // the 16 MiB disk, is intact).
+    let mut b = img.clone();
+    b[512 + 48..512 + 56].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+    fix_crcs(&mut b);
+    let f = disk_from_bytes(&b, 16 * MIB);
+    assert!(read_table(&f).is_ok(), "falls back to the (valid) backup");
+    assert!(matches!(
+        add_partition_at_end(&f, MIB, "config-2"),
+        Err(PartitionError::PrimaryGptDamaged { .. })
+    ));
+}
+
+#[test]
+fn hostile_gpt_fields_with_valid_crcs_never_panic() {
+    let img = image("gpt");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..300 {
+        let mut b = img[..64 * 1024].to_vec();
+        for _ in 0..4 {
+            // Header fields after the CRC, or the first two entries' LBAs.
+            let i = if round % 2 == 0 {
+                512 + 24 + (next() % 68) as usize
+            } else {
+                1024 + 32 + (next() % 16) as usize + 128 * (next() % 2) as usize
+            };
+            b[i] = next() as u8;
+        }
+        fix_crcs(&mut b);
+        let size = [16 * MIB, 100 * MIB, 4096, 17 * MIB + 512][(next() % 4) as usize];
+        let f = disk_from_bytes(&b[..b.len().min(size as usize)], size);
+        let _ = read_table(&f);
+        let _ = fix_gpt_backup(&f);
+        let _ = add_partition_at_end(&f, MIB, "config-2");
+        let _ = read_table(&f);
+    }
+}

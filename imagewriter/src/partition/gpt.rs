@@ -15,6 +15,9 @@ const ENTRY_MIN: usize = 128;
 /// Upper bound on the entry array we accept (num × size). Real tables use 16 KiB; the bound
 /// keeps a hostile header from making us allocate gigabytes.
 pub(super) const MAX_ENTRY_ARRAY: usize = 4 << 20;
+/// No LBA in a sane GPT reaches 2^48 (128 EiB of 512-byte sectors, 1 ZiB of 4 KiB ones);
+/// rejecting larger ones keeps `lba × sector size` from overflowing on hostile tables.
+pub(super) const MAX_LBA: u64 = 1 << 48;
 /// UTF-16 code units in the entry's name field (72 bytes).
 pub(super) const NAME_UNITS: usize = 36;
 
@@ -85,6 +88,15 @@ impl Header {
             return Err(format!(
                 "partition entry array of {num} × {esize} bytes exceeds {MAX_ENTRY_ARRAY} bytes"
             ));
+        }
+        for (what, lba) in [
+            ("alternate", h.alternate_lba()),
+            ("last usable", h.last_usable()),
+            ("entry array", h.entries_lba()),
+        ] {
+            if lba >= MAX_LBA {
+                return Err(format!("{what} LBA {lba} is beyond any disk"));
+            }
         }
         if h.first_usable() > h.last_usable().saturating_add(1) {
             return Err(format!(
@@ -193,6 +205,12 @@ pub(super) fn parse_entries(array: &[u8], entry_size: usize) -> Result<Vec<Entry
             continue;
         }
         let (first_lba, last_lba) = (u64_at(e, 32), u64_at(e, 40));
+        if last_lba >= MAX_LBA {
+            return Err(format!(
+                "entry {} ends at LBA {last_lba}, beyond any disk",
+                index + 1
+            ));
+        }
         if last_lba < first_lba {
             return Err(format!(
                 "entry {} ends (LBA {last_lba}) before it starts (LBA {first_lba})",

@@ -528,7 +528,7 @@ pub fn disk_identifier(dev: &File) -> Result<String, PartitionError> {
 /// `Ok(false)` when the disk is not GPT or already consistent.
 pub fn fix_gpt_backup(dev: &File) -> Result<bool, PartitionError> {
     let disk = Disk::open(dev)?;
-    if disk.size < 512 || !matches!(probe_sector0(&disk)?, Sector0::Gpt) {
+    if disk.sectors() < 3 || !matches!(probe_sector0(&disk)?, Sector0::Gpt) {
         return Ok(false);
     }
     let g = read_primary_gpt(&disk)?;
@@ -691,7 +691,9 @@ fn add_gpt(disk: &Disk, sectors: u64, name: &str) -> Result<PartitionEntry, Part
         .max()
         .unwrap_or(0)
         .max(h.first_usable());
-    let upper = h.last_usable() + 1;
+    // A primary header whose last usable LBA is beyond the disk (an image larger than the
+    // disk) does not make that space usable.
+    let upper = (h.last_usable() + 1).min(disk.sectors());
     let start = place_at_end(disk, sectors, lower, upper)?;
     let last = start + sectors - 1;
 
