@@ -474,3 +474,165 @@ fn real_agent_serves_its_api_and_powers_off() {
         elapsed.as_secs_f64()
     );
 }
+
+/// Serves the files of `dir` over HTTP/1.0 on 127.0.0.1 (what QEMU's user network reaches
+/// as 10.0.2.2) until `stop` is set; records every requested path.
+fn serve_dir(
+    dir: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    requests: std::sync::Arc<Mutex<Vec<String>>>,
+) -> u16 {
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let (mut conn, _) = match listener.accept() {
+                Ok(c) => c,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            requests.lock().unwrap().push(path.clone());
+            // Plain file names only.
+            let name = path.trim_start_matches('/');
+            let body = (!name.is_empty() && !name.contains('/') && !name.contains(".."))
+                .then(|| std::fs::read(dir.join(name)).ok())
+                .flatten();
+            let _ = match body {
+                Some(b) => conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            b.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|_| conn.write_all(&b)),
+                None => conn.write_all(
+                    b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    port
+}
+
+/// Network boot through QEMU's iPXE ROM: DHCP hands out a script URL, which sets the
+/// variables boot.ipxe documents and chains it; boot.ipxe must fetch vmlinuz and initramfs
+/// relative to its own URL and pass the agent the API URL, BOOTIF and extra arguments.
+#[test]
+fn boot_ipxe_network_boots_the_ramdisk() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !qemu_available()
+        && missing("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = match build_standin(tmp.path()) {
+        Ok(a) => a,
+        Err(e) => {
+            missing(&format!("the stand-in agent cannot be built: {e}"));
+            return;
+        }
+    };
+    let out = tmp.path().join("out");
+    if let Err(e) = build_ramdisk(&out, &agent) {
+        missing(&format!("no kernel/busybox could be obtained: {e}"));
+        return;
+    }
+    std::fs::write(
+        out.join("start.ipxe"),
+        "#!ipxe\nset ipa_api_url http://10.0.2.2:6385\n\
+         set ipa_extra_args ipa-debug=1 panic=-1\nchain boot.ipxe\n",
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let port = serve_dir(out.clone(), stop.clone(), requests.clone());
+
+    // No -kernel: SeaBIOS finds no disk to boot and runs the NIC's iPXE ROM.
+    let disk = tmp.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let started = Instant::now();
+    let child = Command::new("timeout")
+        .arg(QEMU_TIMEOUT_SECS.to_string())
+        .args(["qemu-system-x86_64", "-accel", "tcg", "-m", "1024"])
+        .args(["-nographic", "-no-reboot", "-boot", "order=n"])
+        .arg("-netdev")
+        .arg(format!(
+            "user,id=n0,bootfile=http://10.0.2.2:{port}/start.ipxe"
+        ))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={VIRTIO_MAC}"))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn qemu");
+    let out_put = child.wait_with_output().expect("wait qemu");
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let log = String::from_utf8_lossy(&out_put.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out_put.stderr).into_owned();
+    let requested = requests.lock().unwrap().clone();
+    let fail = |msg: &str| -> ! {
+        panic!(
+            "{msg}\nrequests: {requested:?}\n--- serial log ---\n{log}\n--- stderr ---\n{stderr}"
+        )
+    };
+    for f in ["/start.ipxe", "/boot.ipxe", "/vmlinuz", "/initramfs"] {
+        if !requested.iter().any(|r| r == f) {
+            fail(&format!("iPXE never fetched {f}"));
+        }
+    }
+    let Some(cmdline) = log.lines().find(|l| l.contains("STANDIN cmdline=")) else {
+        fail("the ramdisk never started the agent")
+    };
+    for want in [
+        "ipa-api-url=http://10.0.2.2:6385",
+        "BOOTIF=01-52-54-00-12-34-56",
+        "initrd=initramfs",
+        "console=ttyS0,115200n8",
+        "ipa-debug=1",
+    ] {
+        if !cmdline.split_whitespace().any(|w| w.ends_with(want)) {
+            fail(&format!("kernel command line lacks {want}: {cmdline}"));
+        }
+    }
+    if !log.contains(&format!("{VIRTIO_MAC} 10.0.2.15/24")) {
+        fail("the BOOTIF NIC did not get its address in the ramdisk");
+    }
+    if !out_put.status.success() {
+        fail(&format!(
+            "QEMU did not power off: {} after {elapsed:?}",
+            out_put.status
+        ));
+    }
+    println!(
+        "timing (iPXE over HTTP): QEMU start -> powered off {:.1} s",
+        elapsed.as_secs_f64()
+    );
+}
