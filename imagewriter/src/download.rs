@@ -279,22 +279,30 @@ enum Attempt {
     Fatal(String),
 }
 
-fn attempt(client: &Client, url: &str, opts: &HttpOptions) -> Attempt {
+/// A GET of `url` with the configured credentials.
+fn request(
+    client: &Client,
+    url: &str,
+    opts: &HttpOptions,
+) -> Result<reqwest::blocking::RequestBuilder, String> {
     let mut req = client.get(url);
     if let Some((user, password)) = &opts.basic_auth {
         req = req.basic_auth(user, Some(password));
     }
     if let Some(auth) = &opts.authorization {
-        match HeaderValue::from_str(auth) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                req = req.header(AUTHORIZATION, v);
-            }
-            Err(_) => {
-                return Attempt::Fatal("authorization value is not a valid HTTP header".into())
-            }
-        }
+        let mut v = HeaderValue::from_str(auth)
+            .map_err(|_| "authorization value is not a valid HTTP header".to_string())?;
+        v.set_sensitive(true);
+        req = req.header(AUTHORIZATION, v);
     }
+    Ok(req)
+}
+
+fn attempt(client: &Client, url: &str, opts: &HttpOptions) -> Attempt {
+    let req = match request(client, url, opts) {
+        Ok(r) => r,
+        Err(reason) => return Attempt::Fatal(reason),
+    };
     let resp = match req.send() {
         Ok(r) => r,
         Err(e) => return Attempt::Retryable(describe_send_error(&e, opts)),
@@ -398,12 +406,17 @@ pub fn open_image(urls: &[String], opts: &HttpOptions) -> Result<ImageStream, Im
         log::info!("downloading image from {url}");
         match get_with_retries(&client, url, opts) {
             Ok(resp) => {
+                let validator = Validator::of(&resp);
                 return Ok(ImageStream {
                     content_length: resp.content_length(),
                     url: url.clone(),
-                    read_timeout: opts.read_timeout,
+                    client: client.clone(),
+                    opts: opts.clone(),
+                    validator,
+                    pos: 0,
+                    resumes: 0,
                     resp,
-                })
+                });
             }
             Err(reason) => {
                 log::warn!(
@@ -417,7 +430,35 @@ pub fn open_image(urls: &[String], opts: &HttpOptions) -> Result<ImageStream, Im
     Err(ImageError::DownloadAll { attempts })
 }
 
+/// The validator that ties a resumed or ranged request to the same file (RFC 9110 §13.1.5):
+/// a strong ETag, else Last-Modified. Weak ETags cannot be used with If-Range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validator(String);
+
+impl Validator {
+    fn of(resp: &Response) -> Option<Validator> {
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        header(reqwest::header::ETAG)
+            .filter(|e| !e.starts_with("W/"))
+            .or_else(|| header(reqwest::header::LAST_MODIFIED))
+            .map(|v| Validator(v.to_string()))
+    }
+}
+
 /// An open image download: the body of a 200 response.
+///
+/// When the connection drops (reset, early close, read timeout) the download resumes where it
+/// stopped with `Range: bytes=N-` and `If-Range: <validator>`, at most `retries` times per stream
+/// with a growing pause: only when the server announced a Content-Length and a validator, and
+/// only if it answers 206 for exactly the missing bytes of a file of the same length. A 200 means
+/// the file changed (If-Range failed) or ranges are unsupported, and the read fails: bytes
+/// already hashed and written cannot be mixed with another file's.
 ///
 /// Read errors carry a [`StreamReadError`] (URL + reason) inside the `io::Error`, so the writer
 /// can report them as [`ImageError::Download`] rather than as a device error.
@@ -425,7 +466,11 @@ pub struct ImageStream {
     resp: Response,
     url: String,
     content_length: Option<u64>,
-    read_timeout: Duration,
+    client: Client,
+    opts: HttpOptions,
+    validator: Option<Validator>,
+    pos: u64,
+    resumes: u32,
 }
 
 impl ImageStream {
@@ -438,6 +483,114 @@ impl ImageStream {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// How many times the download was resumed so far.
+    pub fn resumes(&self) -> u32 {
+        self.resumes
+    }
+
+    /// Range requests on the same URL, tied to this file by its validator.
+    pub fn range_source(&self) -> HttpRanges {
+        HttpRanges {
+            client: self.client.clone(),
+            opts: self.opts.clone(),
+            url: self.url.clone(),
+            validator: self.validator.clone(),
+        }
+    }
+
+    fn wrap(&self, kind: io::ErrorKind, reason: String) -> io::Error {
+        io::Error::new(
+            kind,
+            StreamReadError {
+                url: self.url.clone(),
+                reason,
+            },
+        )
+    }
+
+    fn describe(&self, e: &io::Error) -> String {
+        if is_timeout(e) {
+            format!(
+                "no data for {:?} (read timeout): {}",
+                self.opts.read_timeout,
+                error_chain(e)
+            )
+        } else {
+            error_chain(e)
+        }
+    }
+
+    /// Reconnect after `cause` and continue at `self.pos`, or fail with why not.
+    fn resume(&mut self, cause: io::Error) -> io::Result<()> {
+        let why = self.describe(&cause);
+        let (Some(total), Some(validator)) = (self.content_length, self.validator.clone()) else {
+            return Err(self.wrap(cause.kind(), why));
+        };
+        loop {
+            if self.resumes >= self.opts.retries {
+                return Err(self.wrap(
+                    cause.kind(),
+                    format!("{why} (gave up after {} resumes)", self.resumes),
+                ));
+            }
+            self.resumes += 1;
+            // 0.25 s, 0.5 s, 1 s, … capped by the configured retry interval.
+            let pause = Duration::from_millis(250)
+                .saturating_mul(1 << (self.resumes - 1).min(16))
+                .min(self.opts.retry_interval);
+            log::warn!(
+                "image download from {} interrupted at byte {} of {total} ({why}); \
+                 resuming in {pause:?} (attempt {}/{})",
+                self.url,
+                self.pos,
+                self.resumes,
+                self.opts.retries
+            );
+            std::thread::sleep(pause);
+            let req = request(&self.client, &self.url, &self.opts)
+                .map_err(|r| self.wrap(io::ErrorKind::Other, r))?
+                .header(reqwest::header::RANGE, format!("bytes={}-", self.pos))
+                .header(reqwest::header::IF_RANGE, validator.0.as_str());
+            let resp = match req.send() {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("resuming {} failed: {}", self.url, error_chain(&e));
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_server_error() {
+                log::warn!("resuming {} failed: HTTP status {status}", self.url);
+                continue;
+            }
+            let expected = format!("bytes {}-{}/{total}", self.pos, total.saturating_sub(1));
+            let range = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            if status != reqwest::StatusCode::PARTIAL_CONTENT
+                || range.as_deref() != Some(expected.as_str())
+            {
+                return Err(self.wrap(
+                    cause.kind(),
+                    format!(
+                        "{why}; resuming failed: the server answered {status} with \
+                         Content-Range {range:?} instead of 206 {expected:?} (the image changed \
+                         or the server does not support ranges)"
+                    ),
+                ));
+            }
+            log::info!(
+                "image download from {} resumed at byte {}",
+                self.url,
+                self.pos
+            );
+            self.resp = resp;
+            return Ok(());
+        }
+    }
 }
 
 impl fmt::Debug for ImageStream {
@@ -445,26 +598,137 @@ impl fmt::Debug for ImageStream {
         f.debug_struct("ImageStream")
             .field("url", &self.url)
             .field("content_length", &self.content_length)
+            .field("pos", &self.pos)
+            .field("resumes", &self.resumes)
             .finish()
     }
 }
 
 impl Read for ImageStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.resp.read(buf).map_err(|e| {
-            let reason = if is_timeout(&e) {
-                format!("no data for {:?} (read timeout): {e}", self.read_timeout)
-            } else {
-                error_chain(&e)
+        loop {
+            match self.resp.read(buf) {
+                Ok(0)
+                    if !buf.is_empty()
+                        && self.content_length.is_some_and(|total| self.pos < total) =>
+                {
+                    let early = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("connection closed after {} bytes", self.pos),
+                    );
+                    self.resume(early)?;
+                }
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.resume(e)?,
+            }
+        }
+    }
+}
+
+/// Byte ranges of one image URL ([`crate::io::RangeSource`]), each tied to the downloaded file
+/// by `If-Range`: a server that answers anything but 206 with the requested range fails it.
+#[derive(Debug, Clone)]
+pub struct HttpRanges {
+    client: Client,
+    opts: HttpOptions,
+    url: String,
+    validator: Option<Validator>,
+}
+
+impl crate::io::RangeSource for HttpRanges {
+    fn open_range(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, ImageError> {
+        let fail = |reason: String| ImageError::Download {
+            url: self.url.clone(),
+            reason: format!("range {start}-{}: {reason}", end.saturating_sub(1)),
+        };
+        if end <= start {
+            return Ok(Box::new(io::empty()));
+        }
+        let attempts = self.opts.retries.saturating_add(1);
+        let mut last = String::new();
+        for n in 0..attempts {
+            if n > 0 {
+                std::thread::sleep(self.opts.retry_interval.min(Duration::from_secs(2)));
+            }
+            let mut req = request(&self.client, &self.url, &self.opts)
+                .map_err(fail)?
+                .header(reqwest::header::RANGE, format!("bytes={start}-{}", end - 1));
+            if let Some(v) = &self.validator {
+                req = req.header(reqwest::header::IF_RANGE, v.0.as_str());
+            }
+            let resp = match req.send() {
+                Ok(r) => r,
+                Err(e) => {
+                    last = describe_send_error(&e, &self.opts);
+                    continue;
+                }
             };
+            let status = resp.status();
+            if status.is_server_error() {
+                last = format!("HTTP status {status}");
+                continue;
+            }
+            let got = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let want = format!("bytes {start}-{}/", end - 1);
+            if status != reqwest::StatusCode::PARTIAL_CONTENT
+                || !got.as_deref().is_some_and(|g| g.starts_with(&want))
+            {
+                return Err(fail(format!(
+                    "the server answered {status} with Content-Range {got:?} (ranges \
+                     unsupported, or the image changed)"
+                )));
+            }
+            return Ok(Box::new(LengthCheckedBody {
+                resp,
+                left: end - start,
+                url: self.url.clone(),
+            }));
+        }
+        Err(fail(last))
+    }
+}
+
+/// A 206 body that must deliver exactly the requested count.
+struct LengthCheckedBody {
+    resp: Response,
+    left: u64,
+    url: String,
+}
+
+impl Read for LengthCheckedBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let max = (buf.len() as u64).min(self.left) as usize;
+        if max == 0 {
+            return Ok(0);
+        }
+        let n = self.resp.read(&mut buf[..max]).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 StreamReadError {
                     url: self.url.clone(),
-                    reason,
+                    reason: error_chain(&e),
                 },
             )
-        })
+        })?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                StreamReadError {
+                    url: self.url.clone(),
+                    reason: format!("range body ended {} bytes early", self.left),
+                },
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

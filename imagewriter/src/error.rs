@@ -75,6 +75,14 @@ pub enum ImageError {
     #[error("unsupported image format: {0}")]
     UnsupportedFormat(String),
 
+    /// The image's bytes were refused: their real format is not the declared `disk_format` or
+    /// not in lookup's `permitted_image_formats` (Ironic bug 2071740), a qcow2 needs something
+    /// outside itself (backing file, external data file, encryption key), or the content is
+    /// corrupt (bad compressed stream, trailing garbage, qcow2 tables pointing nowhere). The
+    /// agent reports it as IPA's `InvalidImage`.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+
     /// A checksum that cannot be used: malformed hex, a checksum file without a line for the
     /// image, md5 while md5 is disabled, an unknown algorithm…
     #[error("invalid checksum: {0}")]

@@ -8,7 +8,10 @@
 //! - [`sys`]: the block-device ioctls (the only `unsafe` in the crate).
 //! - [`checksum`]: streaming md5/sha256/sha512 and checksum-file parsing.
 //! - [`download`]: HTTP(S) fetching of images, checksum files and config drives.
-//! - [`write`]: the raw image write (hold back the first MiB, verify, then commit).
+//! - [`write`]: the image write (hold back the first MiB, verify, then commit).
+//! - [`format`]: which formats are written and which refused (from the bytes).
+//! - [`qcow2`]: qcow2 → raw while streaming.
+//! - [`pipeline`]: the download/hash/convert/write stages and their buffers.
 //! - [`partition`]: in-process GPT/MBR reading and editing.
 //! - [`configdrive`]: decoding a config drive and writing it into a `config-2` partition.
 
@@ -16,8 +19,11 @@ pub mod checksum;
 pub mod configdrive;
 pub mod download;
 pub mod error;
+pub mod format;
 pub mod io;
 pub mod partition;
+pub mod pipeline;
+pub mod qcow2;
 pub mod sys;
 pub mod write;
 

@@ -142,3 +142,104 @@ pub fn add_partition(file: &File, pno: u32, start: u64, length: u64) -> io::Resu
 pub fn delete_partition(file: &File, pno: u32) -> io::Result<()> {
     blkpg(file, BLKPG_DEL_PARTITION, pno, 0, 0)
 }
+
+/// Punch a hole of `len` bytes at `offset` in a regular file, keeping its size: the range reads
+/// back as zeros (fallocate(2) `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+    .map_err(errno)
+}
+
+/// Alignment of [`AlignedBuf`]: a page, which satisfies O_DIRECT on every device (logical block
+/// sizes are 512 or 4096 and DMA alignment at most that).
+pub const BUF_ALIGN: usize = 4096;
+
+/// A zero-initialised heap buffer aligned to [`BUF_ALIGN`], usable for O_DIRECT writes.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Allocate `len` zeroed bytes (`len` > 0). Aborts on allocation failure like `Vec`.
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size (len.max(1)) and a valid power-of-two alignment.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(ptr) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf { ptr, len }
+    }
+
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1), BUF_ALIGN)
+            .expect("buffer size overflows the address space")
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised (zeroed at allocation) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout and not freed before.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+// SAFETY: AlignedBuf uniquely owns its allocation (like Vec<u8>); nothing is shared between
+// copies, so moving it to another thread is sound.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only give `&[u8]`, which is Sync.
+unsafe impl Sync for AlignedBuf {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_is_aligned_zeroed_and_writable() {
+        let mut b = AlignedBuf::new(3 * BUF_ALIGN + 5);
+        assert_eq!(b.as_ptr() as usize % BUF_ALIGN, 0);
+        assert!(b.iter().all(|&x| x == 0));
+        b[7] = 9;
+        assert_eq!(b[7], 9);
+        assert_eq!(b.len(), 3 * BUF_ALIGN + 5);
+    }
+
+    #[test]
+    fn punch_hole_reads_back_zeros_and_keeps_size() {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&[0xAAu8; 65536], 0).unwrap();
+        punch_hole(&f, 4096, 8192).unwrap();
+        let mut back = vec![0u8; 65536];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert!(back[..4096].iter().all(|&x| x == 0xAA));
+        assert!(back[4096..12288].iter().all(|&x| x == 0));
+        assert!(back[12288..].iter().all(|&x| x == 0xAA));
+        assert_eq!(f.metadata().unwrap().len(), 65536);
+    }
+}

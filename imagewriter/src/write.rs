@@ -1,29 +1,28 @@
-//! The raw image write: hold back the first MiB, stream the rest, verify, then commit.
+//! The image write: hold back the first MiB, stream the rest, verify, then commit.
 //!
 //! A bricked or half-written disk that still boots is the worst outcome, so the order is fixed:
-//! 1. Open the device and check the announced size against it; read the first MiB of the image
-//!    into memory and check it is a raw image. The device is untouched so far.
+//! 1. Open the device; read the first MiB of the download and tell the format from the bytes
+//!    ([`crate::format`]): raw, qcow2, or either inside gzip/zstd/xz. Refuse what is not the
+//!    declared `disk_format` or not permitted, and what does not fit the device (Content-Length
+//!    of a raw image, virtual size of a qcow2). The device is untouched so far.
 //! 2. Zero the first and the last MiB of the device (stale MBR/GPT and the GPT backup header at
-//!    the end, as IPA's `destroy_disk_metadata` does before a write), then write everything after
-//!    the first MiB at its offset, hashing as bytes pass. A crash from here on leaves a disk
-//!    without a partition table, never a plausible-looking half image.
+//!    the end, as IPA's `destroy_disk_metadata` does before a write), then write everything but
+//!    the first MiB of the image (of the guest disk for a qcow2) at its offset, hashing the
+//!    downloaded bytes as they pass. A crash from here on leaves a disk without a partition table,
+//!    never a plausible-looking half image.
 //! 3. Compare the digest. Only on a match write the held-back first MiB, fsync and ask the kernel
 //!    to re-read the partition table.
 //!
 //! Any failure after the first write wipes the first and last MiB again before returning.
+//! Ranges known to be zero (qcow2 unallocated/zero clusters, aligned all-zero blocks of raw
+//! data) are zeroed with BLKZEROOUT instead of written, so the device reads back exactly the
+//! image (raw) or `qemu-img convert -O raw` of it (qcow2) over the image's length.
 //!
-//! # Design
-//! The calling thread reads the image through small adaptors composed in [`write_stream`]
-//! (length check → hash → progress, see [`crate::io`]); a scoped writer thread (`image-writer`)
-//! writes 4 MiB buffers at their offsets, fed by a bounded channel and returning used buffers on
-//! a second one (`stream_rest`), so download and disk writes overlap. Memory is bounded (the
-//! held-back MiB + three 4 MiB buffers) whatever the image size. The head write, fsync and
-//! partition re-read happen on the calling thread after the writer has been joined.
+//! The stages and their channels are described in [`crate::pipeline`]; memory is bounded (a few
+//! MiB of buffers plus qcow2 tables in flight) whatever the image size.
 
-use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,22 +33,21 @@ use crate::checksum::{
     parse_checksum_file, ExpectedDigest, HashAlgo, StreamHasher, CHECKSUM_FILE_LIMIT,
 };
 use crate::download::{fetch_bytes, open_image, HttpOptions, StreamReadError};
-use crate::error::{ImageError, IoContext};
-use crate::io::{read_full, sniff, HashingReader, LengthCheckReader, LengthMismatch};
-use crate::io::{sniff::ImageFormat, ProgressReader};
-use crate::sys;
+use crate::error::ImageError;
+use crate::format::{self, Detected};
+use crate::io::decompress::{decompress, DecompressError};
+use crate::io::sniff::{self, ImageFormat};
+use crate::io::{read_full, LengthCheckReader, LengthMismatch, ProgressReader, RangeSource};
+use crate::pipeline::{
+    run_writer, Chunk, ChunkResult, ChunkSource, Disk, Pool, Sink, WriteOp, CHUNK, DEPTH,
+};
+use crate::qcow2::Qcow2Stream;
 
-/// Bytes of the image kept in memory until the checksum matched (and zeroed first on the disk).
-pub const HOLD_BACK: u64 = 1024 * 1024;
-/// Bytes zeroed at each end of the device by [`wipe_partition_tables`]. GPT needs 34 sectors at
-/// the start and 33 at the end (up to 8 KiB + 16 KiB with 4Kn sectors); a MiB covers both, and
-/// the MBR, with margin.
-pub const WIPE_BYTES: u64 = 1024 * 1024;
-/// Write size after the first MiB: large enough for full device bandwidth, small enough to keep
-/// memory independent of image size. Offsets stay MiB-aligned (ready for O_DIRECT).
-const CHUNK: usize = 4 * 1024 * 1024;
-/// Minimum time between two progress callbacks.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+pub use crate::pipeline::{HOLD_BACK, WIPE_BYTES};
+
+/// Minimum time between two progress callbacks ("at most every few seconds": the agent logs
+/// each one).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Everything needed to fetch and verify one image, parsed from Ironic's `image_info`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +62,10 @@ pub struct ImageSpec {
     pub http: HttpOptions,
     /// Declared `disk_format` (`raw`, `qcow2`, or absent).
     pub disk_format: Option<String>,
+    /// Lookup's `config.permitted_image_formats` (IPA's `[DEFAULT]permitted_image_formats`,
+    /// default `raw, gpt, qcow2, iso`); `None` when Ironic sent none. Not part of `image_info`:
+    /// [`ImageSpec::from_image_info`] leaves it `None` and the agent sets it.
+    pub permitted_formats: Option<Vec<String>>,
 }
 
 impl ImageSpec {
@@ -104,6 +106,7 @@ impl ImageSpec {
             expected,
             http,
             disk_format,
+            permitted_formats: None,
         })
     }
 }
@@ -333,50 +336,71 @@ fn image_file_name(url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Progress of a write, as bytes of the image consumed.
+/// Progress of a write, as bytes of the download consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Image bytes received and hashed so far.
+    /// Bytes downloaded (and hashed) so far.
     pub bytes_done: u64,
-    /// Image size if the server announced it.
+    /// Download size if the server announced it.
     pub bytes_total: Option<u64>,
+    /// Download rate since the previous report (the average over the whole transfer in the
+    /// final report), bytes per second.
+    pub rate_bytes_per_sec: u64,
 }
 
 /// What a successful write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteReport {
-    /// Image size in bytes (all of it is on the device).
+    /// Size of the image on the device: the raw image's length, or the qcow2's virtual size.
     pub bytes_written: u64,
     /// Algorithm verified.
     pub algo: HashAlgo,
-    /// Digest of the bytes written (lowercase hex); equals the expected one.
+    /// Digest of the downloaded bytes (lowercase hex); equals the expected one.
     pub digest_hex: String,
     /// Wall time from opening the device to the end of the fsync.
     pub elapsed: Duration,
     /// Size of the device in bytes.
     pub device_size: u64,
+    /// What the bytes were: `raw`, `gpt`, `qcow2`, `gzip+raw`, `zstd+qcow2`, …
+    pub format: String,
+    /// Bytes downloaded (the file the digest covers).
+    pub bytes_downloaded: u64,
+    /// Bytes zeroed without writing buffers (BLKZEROOUT, hole punching).
+    pub bytes_zeroed: u64,
+    /// Bytes fetched a second time with range requests (qcow2 metadata after data).
+    pub bytes_reread: u64,
+    /// Whether data went to the device with O_DIRECT.
+    pub direct_io: bool,
 }
 
-/// Download `spec` and write it raw onto `device`: [`open_image`] + [`write_stream`].
+/// How [`write_stream_with`] treats a stream.
+#[derive(Clone, Copy)]
+pub struct StreamOptions<'a> {
+    /// Content-Length announced by the server: the stream must have exactly this many bytes.
+    pub content_length: Option<u64>,
+    /// The digest the downloaded bytes must have.
+    pub expected: &'a ExpectedDigest,
+    /// Declared `disk_format` (`raw`, `qcow2`); `None` accepts either.
+    pub disk_format: Option<&'a str>,
+    /// Lookup's `permitted_image_formats`; `None`: no restriction beyond what Ferric can write.
+    pub permitted_formats: Option<&'a [String]>,
+    /// Random access to the same file, for qcow2 images whose tables follow their data.
+    pub ranges: Option<&'a dyn RangeSource>,
+}
+
+/// Download `spec` and write it onto `device`: [`open_image`] + [`write_stream_with`], with
+/// range requests on the same URL for qcow2 layouts that need them.
 ///
-/// Only raw images for now: a declared `disk_format` other than `raw` is refused before any
-/// network or disk I/O, and bytes that look like another format are refused by the writer.
+/// A declared `disk_format` other than `raw`/`qcow2` is refused before any network or disk I/O.
 pub fn write_image(
     spec: &ImageSpec,
     device: &Path,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<WriteReport, ImageError> {
-    match spec.disk_format.as_deref() {
-        None | Some("raw") => {}
-        Some(other) => {
-            return Err(ImageError::UnsupportedFormat(format!(
-                "disk_format {other:?} of image {}: only raw images can be written so far",
-                spec.id
-            )))
-        }
-    }
+    check_declared(spec.disk_format.as_deref())?;
     let stream = open_image(&spec.urls, &spec.http)?;
     let content_length = stream.content_length();
+    let ranges = stream.range_source();
     log::info!(
         "writing image {} from {} ({} bytes) to {}",
         spec.id,
@@ -384,72 +408,128 @@ pub fn write_image(
         content_length.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
         device.display()
     );
-    write_stream(stream, content_length, &spec.expected, device, progress)
+    let opts = StreamOptions {
+        content_length,
+        expected: &spec.expected,
+        disk_format: spec.disk_format.as_deref(),
+        permitted_formats: spec.permitted_formats.as_deref(),
+        ranges: Some(&ranges),
+    };
+    write_stream_with(stream, &opts, device, progress)
+}
+
+fn check_declared(declared: Option<&str>) -> Result<(), ImageError> {
+    match declared.map(|d| d.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("raw") | Some("qcow2") => Ok(()),
+        Some(other) => Err(ImageError::UnsupportedFormat(format!(
+            "disk_format {other:?}: Ferric writes raw and qcow2 images only"
+        ))),
+    }
 }
 
 /// Write the raw image read from `src` onto `device` (a block device or, in tests, a regular
-/// file), verifying it against `expected`. See the module documentation for the order of
-/// operations and what is left on the device on failure.
-pub fn write_stream<R: Read>(
+/// file), verifying it against `expected`: [`write_stream_with`] with `disk_format` `raw` (a
+/// gzip/zstd/xz-compressed raw image is accepted too).
+pub fn write_stream<R: Read + Send>(
     src: R,
     content_length: Option<u64>,
     expected: &ExpectedDigest,
     device: &Path,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<WriteReport, ImageError> {
-    let started = Instant::now();
-    let disk = Disk::open(device)?;
-    if let Some(len) = content_length {
-        if len > disk.size {
-            return Err(ImageError::TooLarge {
-                image_bytes: len,
-                device_bytes: disk.size,
-            });
-        }
-    }
-
-    let mut hasher = StreamHasher::new(expected.algo);
-    let mut reader = ProgressReader::new(
-        HashingReader::new(LengthCheckReader::new(src, content_length), &mut hasher),
+    let opts = StreamOptions {
         content_length,
-        progress,
-        PROGRESS_INTERVAL,
-    );
+        expected,
+        disk_format: Some("raw"),
+        permitted_formats: None,
+        ranges: None,
+    };
+    write_stream_with(src, &opts, device, progress)
+}
 
-    // Phase 1: the first MiB into memory. The device is untouched until this succeeds.
-    let mut head = vec![0u8; HOLD_BACK as usize];
-    let head_len = read_full(&mut reader, &mut head).map_err(read_error)?;
-    head.truncate(head_len);
-    if head_len as u64 > disk.size {
-        return Err(ImageError::TooLarge {
-            image_bytes: head_len as u64,
-            device_bytes: disk.size,
+/// Write the image read from `src` onto `device`. See the module documentation for the order of
+/// operations and what is left on the device on failure.
+pub fn write_stream_with<R: Read + Send>(
+    src: R,
+    opts: &StreamOptions<'_>,
+    device: &Path,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<WriteReport, ImageError> {
+    let started = Instant::now();
+    check_declared(opts.disk_format)?;
+    let disk = Disk::open(device)?;
+    let pool = Pool::new(4 * DEPTH + 4);
+    let algo = opts.expected.algo;
+
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(DEPTH);
+    let (conv_tx, conv_rx) = mpsc::sync_channel::<ChunkResult>(DEPTH);
+    let (op_tx, op_rx) = mpsc::sync_channel::<WriteOp>(DEPTH);
+
+    let outcome = std::thread::scope(|scope| {
+        let spawn_err = |e| ImageError::io("starting an image pipeline thread", e);
+        let pool_dl = pool.clone();
+        let content_length = opts.content_length;
+        let download = std::thread::Builder::new()
+            .name("image-download".into())
+            .spawn_scoped(scope, move || {
+                download_stage(src, content_length, progress, &pool_dl, hash_tx, conv_tx)
+            })
+            .map_err(spawn_err)?;
+        let hasher = std::thread::Builder::new()
+            .name("image-hash".into())
+            .spawn_scoped(scope, move || {
+                let mut h = StreamHasher::new(algo);
+                for chunk in hash_rx {
+                    h.update(chunk.bytes());
+                }
+                h.finalize_hex()
+            })
+            .map_err(spawn_err)?;
+        let disk_ref = &disk;
+        let writer = std::thread::Builder::new()
+            .name("image-writer".into())
+            .spawn_scoped(scope, move || run_writer(disk_ref, op_rx))
+            .map_err(spawn_err)?;
+
+        let mut sink = Sink::new(op_tx, pool.clone(), &disk);
+        let mut source = ChunkSource::new(conv_rx);
+        let converted = convert(&mut source, &mut sink, opts);
+        // Closing our end stops the download stage if it is still going (on failure).
+        drop(source);
+        let mut committed = sink.committed();
+        let writer_gone = sink.writer_gone();
+        let finished = converted.and_then(|c| {
+            committed = true;
+            sink.finish().map(|(head, end)| (c, head, end))
         });
-    }
-    let format = sniff::detect(&head);
-    if format != ImageFormat::Raw {
-        return Err(ImageError::UnsupportedFormat(format!(
-            "the image bytes are {format}, not a raw disk image; refusing to write them verbatim"
-        )));
-    }
-
-    // Phase 2: from the first write on, every failure wipes the partition tables.
-    let streamed = disk
-        .zero_ends()
-        .io_context(|| format!("zeroing the ends of {}", disk.path.display()))
-        .and_then(|()| stream_rest(&mut reader, &disk, head_len as u64));
-    if streamed.is_ok() {
-        reader.finish();
-    }
-    drop(reader);
-    let total = streamed.map_err(|e| disk.fail(e))?;
+        // (On failure `sink` was dropped by `and_then` not running `finish`; either way the
+        // writer's channel is closed now.)
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(panicked("image writer")));
+        let downloaded = download.join().map_err(|_| panicked("image download"));
+        let digest = hasher.join().map_err(|_| panicked("image hash"));
+        let result = match (finished, written) {
+            // The writer's error is the cause when it stopped first.
+            (_, Err(w)) => Err(w),
+            (Err(e), Ok(_)) if writer_gone => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(done), Ok(stats)) => downloaded.and_then(|n| digest.map(|d| (done, stats, n, d))),
+        };
+        Ok::<_, ImageError>((result, committed))
+    });
+    let (result, committed) = match outcome {
+        Ok(pair) => pair,
+        Err(e) => (Err(e), false),
+    };
+    let fail = |e: ImageError| if committed { disk.fail(e) } else { e };
+    let ((conv, head, end), stats, downloaded, actual) = result.map_err(fail)?;
 
     // Phase 3: verify, then commit the first MiB.
-    let actual = hasher.finalize_hex();
-    if !expected.matches(&actual) {
+    if !opts.expected.matches(&actual) {
         return Err(disk.fail(ImageError::ChecksumMismatch {
-            algo: expected.algo.to_string(),
-            expected: expected.hex.clone(),
+            algo: algo.to_string(),
+            expected: opts.expected.hex.clone(),
             actual,
         }));
     }
@@ -457,118 +537,276 @@ pub fn write_stream<R: Read>(
         .and_then(|()| {
             disk.file
                 .sync_all()
-                .io_context(|| format!("fsync of {}", disk.path.display()))
+                .map_err(|e| ImageError::io(format!("fsync of {}", disk.path.display()), e))
         })
         .map_err(|e| disk.fail(e))?;
     disk.reread_partitions();
 
     let elapsed = started.elapsed();
     log::info!(
-        "wrote {total} bytes to {} in {:.1}s ({:.1} MiB/s), {} {actual}",
+        "wrote {} image of {end} bytes ({downloaded} downloaded, {} zeroed{}) to {} in {:.1}s \
+         ({:.1} MiB/s), {algo} {actual}",
+        conv.detected.describe(),
+        stats.zeroed_bytes,
+        if conv.reread > 0 {
+            format!(", {} re-read", conv.reread)
+        } else {
+            String::new()
+        },
         disk.path.display(),
         elapsed.as_secs_f64(),
-        total as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-3),
-        expected.algo,
+        downloaded as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-3),
     );
     Ok(WriteReport {
-        bytes_written: total,
-        algo: expected.algo,
+        bytes_written: end,
+        algo,
         digest_hex: actual,
         elapsed,
         device_size: disk.size,
+        format: conv.detected.describe(),
+        bytes_downloaded: downloaded,
+        bytes_zeroed: stats.zeroed_bytes,
+        bytes_reread: conv.reread,
+        direct_io: stats.direct,
     })
 }
 
-/// Write everything after the held-back head; returns the total image size.
-///
-/// Two stages so the network and the disk work at the same time: this thread reads (through the
-/// hashing/progress adaptors) into 4 MiB buffers and hands them over a bounded channel to a
-/// scoped writer thread, which `pwrite`s each at its offset and hands the buffer back. At most
-/// [`BUFFERS`] buffers exist, so memory stays bounded. Either stage stopping makes the other
-/// stop: the writer's error wins, since a read that ended early because the writer was gone is
-/// not the cause.
-fn stream_rest<R: Read>(src: &mut R, disk: &Disk, head_len: u64) -> Result<u64, ImageError> {
-    if head_len < HOLD_BACK {
+fn panicked(stage: &str) -> ImageError {
+    ImageError::io(stage, std::io::Error::other("thread panicked"))
+}
+
+/// The download stage: read `src` (length-checked, with progress) into chunks for the hasher
+/// and the converter. Returns the byte count; errors go to the converter, which reports them.
+fn download_stage<R: Read>(
+    src: R,
+    content_length: Option<u64>,
+    progress: &(dyn Fn(Progress) + Sync),
+    pool: &std::sync::Arc<Pool>,
+    hash_tx: mpsc::SyncSender<Chunk>,
+    conv_tx: mpsc::SyncSender<ChunkResult>,
+) -> u64 {
+    let mut reader = ProgressReader::new(
+        LengthCheckReader::new(src, content_length),
+        content_length,
+        progress,
+        PROGRESS_INTERVAL,
+    );
+    loop {
+        let mut b = pool.builder();
+        let n = match read_full(&mut reader, b.spare()) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = conv_tx.send(Err(read_error(e)));
+                return reader.bytes_done();
+            }
+        };
+        if n > 0 {
+            b.set_len(n);
+            let chunk = b.freeze();
+            if hash_tx.send(chunk.share()).is_err() {
+                let _ = conv_tx.send(Err(panicked("image hash")));
+                return reader.bytes_done();
+            }
+            if conv_tx.send(Ok(chunk)).is_err() {
+                // The converter stopped; its error is the one reported.
+                return reader.bytes_done();
+            }
+        }
         // read_full stops short only at the end of the stream.
-        return Ok(head_len);
+        if n < CHUNK {
+            reader.finish();
+            return reader.bytes_done();
+        }
     }
-    let (full_tx, full_rx) = mpsc::sync_channel::<Filled>(1);
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-    std::thread::scope(|scope| {
-        let writer = std::thread::Builder::new()
-            .name("image-writer".into())
-            .spawn_scoped(scope, move || -> Result<(), ImageError> {
-                for Filled { offset, buf, len } in full_rx {
-                    disk.write_at(&buf[..len], offset)?;
-                    // The reader may already be gone; then the buffer is simply dropped.
-                    let _ = empty_tx.send(buf);
+}
+
+/// What the converter found.
+struct Converted {
+    detected: Detected,
+    reread: u64,
+}
+
+/// The converter stage: detect, vet, and turn the download into writes on `sink`.
+fn convert(
+    source: &mut ChunkSource,
+    sink: &mut Sink<'_>,
+    opts: &StreamOptions<'_>,
+) -> Result<Converted, ImageError> {
+    let Some((first, _)) = source.next_chunk()? else {
+        let detected = Detected::from_head(None, &[]);
+        format::check(&detected, opts.disk_format, opts.permitted_formats)?;
+        return Ok(Converted {
+            detected,
+            reread: 0,
+        });
+    };
+    let outer = sniff::detect(first.bytes());
+    if format::is_container(outer) {
+        source.unread(first, 0);
+        return convert_container(outer, source, sink, opts);
+    }
+    let detected = Detected::from_head(None, first.bytes());
+    format::check(&detected, opts.disk_format, opts.permitted_formats)?;
+    let mut reread = 0;
+    match detected.inner {
+        ImageFormat::Qcow2 => {
+            let mut q = Qcow2Stream::new(opts.ranges, false);
+            q.feed(first.bytes(), sink)?;
+            drop(first);
+            while let Some((chunk, from)) = source.next_chunk()? {
+                q.feed(&chunk.bytes()[from..], sink)?;
+            }
+            reread = q.finish(sink)?;
+        }
+        _ => {
+            if let Some(len) = opts.content_length {
+                if len > sink.device_size() {
+                    return Err(ImageError::TooLarge {
+                        image_bytes: len,
+                        device_bytes: sink.device_size(),
+                    });
+                }
+            }
+            let mut offset = 0u64;
+            let mut next = Some((first, 0));
+            while let Some((chunk, from)) = next {
+                let len = (chunk.bytes().len() - from) as u64;
+                sink.write_chunk(offset, chunk, from)?;
+                offset += len;
+                next = source.next_chunk()?;
+            }
+        }
+    }
+    Ok(Converted { detected, reread })
+}
+
+/// gzip/zstd/xz around a raw or qcow2 image.
+fn convert_container(
+    container: ImageFormat,
+    source: &mut ChunkSource,
+    sink: &mut Sink<'_>,
+    opts: &StreamOptions<'_>,
+) -> Result<Converted, ImageError> {
+    let mut inner = Inner {
+        sink,
+        opts,
+        container,
+        state: InnerState::Sniff(Vec::with_capacity(HOLD_BACK as usize)),
+        offset: 0,
+        error: None,
+        detected: None,
+    };
+    match decompress(container, source, &mut inner) {
+        Ok(_) => {}
+        Err(DecompressError::Sink(e)) => {
+            return Err(inner
+                .error
+                .take()
+                .unwrap_or_else(|| ImageError::io("writing the decompressed image", e)))
+        }
+        Err(DecompressError::Source(e)) => {
+            return Err(source.error.take().unwrap_or_else(|| read_error(e)))
+        }
+        Err(DecompressError::Corrupt(m)) => {
+            return Err(ImageError::InvalidImage(format!(
+                "{m} (the digest is checked only at the end; the bytes are not a valid {container})"
+            )))
+        }
+    }
+    inner.finish()
+}
+
+enum InnerState<'r> {
+    /// Collecting the first MiB of decompressed bytes to tell the format.
+    Sniff(Vec<u8>),
+    Raw,
+    Qcow2(Box<Qcow2Stream<'r>>),
+}
+
+/// The decompressor's output: sniffs the inner format, then writes raw bytes or feeds qcow2.
+struct Inner<'a, 'd> {
+    sink: &'a mut Sink<'d>,
+    opts: &'a StreamOptions<'a>,
+    container: ImageFormat,
+    state: InnerState<'a>,
+    offset: u64,
+    error: Option<ImageError>,
+    detected: Option<Detected>,
+}
+
+impl Inner<'_, '_> {
+    fn take(&mut self, data: &[u8]) -> Result<(), ImageError> {
+        match &mut self.state {
+            InnerState::Sniff(buf) => {
+                buf.extend_from_slice(data);
+                if buf.len() as u64 >= HOLD_BACK {
+                    self.decide()?;
                 }
                 Ok(())
-            })
-            .map_err(|e| ImageError::io("starting the image writer thread", e))?;
-        let read = read_stage(src, disk.size, head_len, full_tx, empty_rx);
-        let written = writer.join().unwrap_or_else(|_| {
-            Err(ImageError::io(
-                "image writer thread",
-                std::io::Error::other("panicked"),
-            ))
-        });
-        written.and(read)
-    })
-}
-
-/// At most this many [`CHUNK`] buffers are alive: one filling, one queued, one writing.
-const BUFFERS: usize = 3;
-
-/// A buffer of image bytes for the writer stage.
-struct Filled {
-    offset: u64,
-    buf: Vec<u8>,
-    len: usize,
-}
-
-/// The read stage of [`stream_rest`]. Owns the channel ends so that returning (for any reason)
-/// lets the writer stage finish.
-fn read_stage<R: Read>(
-    src: &mut R,
-    device_size: u64,
-    head_len: u64,
-    full_tx: mpsc::SyncSender<Filled>,
-    empty_rx: mpsc::Receiver<Vec<u8>>,
-) -> Result<u64, ImageError> {
-    let mut offset = head_len;
-    let mut allocated = 0;
-    loop {
-        let mut buf = match empty_rx.try_recv() {
-            Ok(buf) => buf,
-            Err(_) if allocated < BUFFERS => {
-                allocated += 1;
-                vec![0u8; CHUNK]
             }
-            Err(_) => match empty_rx.recv() {
-                Ok(buf) => buf,
-                // The writer stopped (its error is what the caller reports).
-                Err(_) => return Ok(offset),
-            },
+            InnerState::Raw => {
+                self.sink.write(self.offset, data)?;
+                self.offset += data.len() as u64;
+                Ok(())
+            }
+            InnerState::Qcow2(q) => q.feed(data, self.sink),
+        }
+    }
+
+    fn decide(&mut self) -> Result<(), ImageError> {
+        let InnerState::Sniff(buf) = std::mem::replace(&mut self.state, InnerState::Raw) else {
+            return Ok(());
         };
-        let len = read_full(src, &mut buf).map_err(read_error)?;
-        if len == 0 {
-            return Ok(offset);
+        let detected = Detected::from_head(Some(self.container), &buf);
+        format::check(
+            &detected,
+            self.opts.disk_format,
+            self.opts.permitted_formats,
+        )?;
+        self.detected = Some(detected);
+        if detected.inner == ImageFormat::Qcow2 {
+            // No range requests into a decompressed stream; a bounded file size.
+            let mut q = Box::new(Qcow2Stream::new(None, true));
+            q.feed(&buf, self.sink)?;
+            self.state = InnerState::Qcow2(q);
+            Ok(())
+        } else {
+            self.state = InnerState::Raw;
+            self.take(&buf)
         }
-        let end = offset + len as u64;
-        if end > device_size {
-            return Err(ImageError::TooLarge {
-                image_bytes: end,
-                device_bytes: device_size,
-            });
+    }
+
+    fn finish(mut self) -> Result<Converted, ImageError> {
+        if matches!(self.state, InnerState::Sniff(_)) {
+            self.decide()?;
         }
-        if full_tx.send(Filled { offset, buf, len }).is_err() {
-            return Ok(offset);
+        if let InnerState::Qcow2(q) = std::mem::replace(&mut self.state, InnerState::Raw) {
+            q.finish(self.sink)?;
         }
-        offset = end;
-        if len < CHUNK {
-            return Ok(offset);
+        Ok(Converted {
+            detected: self.detected.expect("decided above"),
+            reread: 0,
+        })
+    }
+}
+
+impl std::io::Write for Inner<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.error.is_some() {
+            return Err(std::io::Error::other("image conversion failed"));
         }
+        match self.take(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                let msg = e.to_string();
+                self.error = Some(e);
+                Err(std::io::Error::other(msg))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -596,93 +834,9 @@ fn read_error(e: std::io::Error) -> ImageError {
 pub fn wipe_partition_tables(device: &Path) -> Result<(), ImageError> {
     let disk = Disk::open(device)?;
     disk.zero_ends()
-        .io_context(|| format!("zeroing the ends of {}", device.display()))?;
+        .map_err(|e| ImageError::io(format!("zeroing the ends of {}", device.display()), e))?;
     disk.reread_partitions();
     Ok(())
-}
-
-/// The target device, opened write-only.
-struct Disk {
-    file: File,
-    size: u64,
-    path: PathBuf,
-}
-
-impl Disk {
-    fn open(path: &Path) -> Result<Disk, ImageError> {
-        // Write-only, no create, no truncate: a missing device must fail, not become a file.
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .io_context(|| format!("opening {} for writing", path.display()))?;
-        let size = sys::device_size(&file)
-            .io_context(|| format!("reading the size of {}", path.display()))?;
-        Ok(Disk {
-            file,
-            size,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
-        self.file.write_all_at(buf, offset).io_context(|| {
-            format!(
-                "writing {} bytes at offset {offset} of {}",
-                buf.len(),
-                self.path.display()
-            )
-        })
-    }
-
-    fn zero_ends(&self) -> std::io::Result<()> {
-        let head = WIPE_BYTES.min(self.size);
-        let tail_start = self.size.saturating_sub(WIPE_BYTES).max(head);
-        let zeros = vec![0u8; WIPE_BYTES as usize];
-        self.file.write_all_at(&zeros[..head as usize], 0)?;
-        self.file
-            .write_all_at(&zeros[..(self.size - tail_start) as usize], tail_start)?;
-        self.file.sync_data()
-    }
-
-    /// Wipe after a failure in phase 2 or 3; the original error is returned (wrapped when the
-    /// wipe fails too, so the caller knows the disk may hold a partial image).
-    fn fail(&self, err: ImageError) -> ImageError {
-        match self.zero_ends() {
-            Ok(()) => {
-                log::warn!(
-                    "image write to {} failed ({err}); partition tables wiped",
-                    self.path.display()
-                );
-                self.reread_partitions();
-                err
-            }
-            Err(wipe_error) => {
-                log::error!(
-                    "image write to {} failed ({err}) and wiping it failed too: {wipe_error}",
-                    self.path.display()
-                );
-                ImageError::WipeFailed {
-                    error: Box::new(err),
-                    wipe_error,
-                }
-            }
-        }
-    }
-
-    fn reread_partitions(&self) {
-        if let Err(e) = sys::reread_partitions(&self.file) {
-            match e.raw_os_error() {
-                // Not a partitionable device (or not a block device at all).
-                Some(libc::ENOTTY) | Some(libc::EINVAL) => {
-                    log::debug!("no partition re-read on {}: {e}", self.path.display())
-                }
-                _ => log::warn!(
-                    "re-reading the partition table of {} failed: {e}",
-                    self.path.display()
-                ),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -858,47 +1012,37 @@ mod tests {
     fn writer_stage_failure_stops_the_reader_and_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
-        std::fs::write(&path, vec![0u8; 64 << 20]).unwrap();
-        // Opened read-only: every pwrite of the writer stage fails with EBADF.
-        let disk = Disk {
-            file: File::open(&path).unwrap(),
-            size: 64 << 20,
-            path: path.clone(),
+        let counted = std::sync::atomic::AtomicUsize::new(0);
+        let src = Counted {
+            inner: std::io::repeat(7).take(40 << 20),
+            count: &counted,
         };
-        let reads = std::cell::Cell::new(0usize);
-        let mut src = std::io::repeat(7).take(40 << 20).inspect_reads(&reads);
-        let err = stream_rest(&mut src, &disk, HOLD_BACK).unwrap_err();
-        match err {
-            ImageError::Io { source, .. } => {
-                assert_eq!(source.raw_os_error(), Some(libc::EBADF))
-            }
-            other => panic!("expected the writer's Io error, got {other:?}"),
-        }
-        // The reader stopped soon after the writer failed instead of draining 40 MiB.
-        assert!(reads.get() < 40 << 20, "read {} bytes", reads.get());
+        let expected = ExpectedDigest::new(HashAlgo::Sha256, &"0".repeat(64)).unwrap();
+        // The image is larger than the disk: the converter fails mid-stream.
+        std::fs::write(&path, vec![0u8; 8 << 20]).unwrap();
+        let err = write_stream(src, None, &expected, &path, &|_| {}).unwrap_err();
+        assert!(
+            matches!(err, ImageError::TooLarge { device_bytes, .. } if device_bytes == 8 << 20),
+            "{err:?}"
+        );
+        // The download stopped soon after the converter failed instead of draining 40 MiB.
+        let read = counted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(read < 40 << 20, "read {read} bytes");
     }
 
     /// Counts the bytes read through it.
     struct Counted<'c, R> {
         inner: R,
-        count: &'c std::cell::Cell<usize>,
+        count: &'c std::sync::atomic::AtomicUsize,
     }
 
     impl<R: Read> Read for Counted<'_, R> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = self.inner.read(buf)?;
-            self.count.set(self.count.get() + n);
+            self.count.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
             Ok(n)
         }
     }
-
-    trait InspectReads: Read + Sized {
-        fn inspect_reads(self, count: &std::cell::Cell<usize>) -> Counted<'_, Self> {
-            Counted { inner: self, count }
-        }
-    }
-
-    impl<R: Read> InspectReads for R {}
 
     #[test]
     fn file_name_is_last_path_segment() {

@@ -3,9 +3,10 @@
 //! [`crate::write::write_stream`] composes them, innermost first:
 //! source → [`LengthCheckReader`] (Content-Length honoured) → [`HashingReader`] (digest of exactly
 //! the bytes written) → [`ProgressReader`] (rate-limited callback). [`sniff`] looks at the first
-//! bytes to refuse non-raw images. Future adaptors (gzip, qcow2, resume with Range) slot into the
-//! same chain.
+//! bytes to tell the format, [`decompress`] unwraps gzip/zstd/xz. Resuming an interrupted
+//! download happens below all of them, in [`crate::download::ImageStream`].
 
+pub mod decompress;
 pub mod hash;
 pub mod length;
 pub mod progress;
@@ -16,6 +17,24 @@ pub use length::{LengthCheckReader, LengthMismatch};
 pub use progress::ProgressReader;
 
 use std::io::{self, Read};
+
+use crate::error::ImageError;
+
+/// Random access to the image file, for the rare qcow2 whose L2 tables come after the data they
+/// map (see [`crate::qcow2`]). Over HTTP: Range requests with If-Range.
+pub trait RangeSource: Sync {
+    /// The bytes `[start, end)` of the image file.
+    fn open_range(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, ImageError>;
+}
+
+/// An in-memory image (tests, examples).
+impl RangeSource for Vec<u8> {
+    fn open_range(&self, start: u64, end: u64) -> Result<Box<dyn Read + Send + '_>, ImageError> {
+        let len = self.len() as u64;
+        let (s, e) = (start.min(len) as usize, end.min(len) as usize);
+        Ok(Box::new(&self[s..e]))
+    }
+}
 
 /// Read until `buf` is full or the source is exhausted; returns the count (less than
 /// `buf.len()` only at end of stream). Retries `Interrupted`.

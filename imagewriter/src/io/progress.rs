@@ -13,7 +13,9 @@ pub struct ProgressReader<'p, R> {
     total: Option<u64>,
     callback: &'p (dyn Fn(Progress) + Sync),
     interval: Duration,
+    started: Instant,
     last: Instant,
+    last_done: u64,
 }
 
 impl<'p, R: Read> ProgressReader<'p, R> {
@@ -30,7 +32,9 @@ impl<'p, R: Read> ProgressReader<'p, R> {
             total,
             callback,
             interval,
+            started: Instant::now(),
             last: Instant::now(),
+            last_done: 0,
         }
     }
 
@@ -39,11 +43,12 @@ impl<'p, R: Read> ProgressReader<'p, R> {
         self.done
     }
 
-    /// Emit the final report.
+    /// Emit the final report (its rate is the average over the whole transfer).
     pub fn finish(&self) {
         (self.callback)(Progress {
             bytes_done: self.done,
             bytes_total: self.total,
+            rate_bytes_per_sec: rate(self.done, self.started.elapsed()),
         });
     }
 }
@@ -52,14 +57,28 @@ impl<R: Read> Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.done += n as u64;
-        if self.last.elapsed() >= self.interval {
+        let since = self.last.elapsed();
+        if since >= self.interval {
+            let rate_bytes_per_sec = rate(self.done - self.last_done, since);
             self.last = Instant::now();
+            self.last_done = self.done;
             (self.callback)(Progress {
                 bytes_done: self.done,
                 bytes_total: self.total,
+                rate_bytes_per_sec,
             });
         }
         Ok(n)
+    }
+}
+
+/// Bytes per second, 0 for an empty interval.
+fn rate(bytes: u64, over: Duration) -> u64 {
+    let secs = over.as_secs_f64();
+    if secs <= 0.0 {
+        0
+    } else {
+        (bytes as f64 / secs) as u64
     }
 }
 
@@ -83,13 +102,10 @@ mod tests {
         r.finish();
         // 10,000 reads, an interval longer than the test: only the final report.
         let calls = calls.into_inner().unwrap();
-        assert_eq!(
-            calls,
-            vec![Progress {
-                bytes_done: 100_000,
-                bytes_total: Some(100_000)
-            }]
-        );
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].bytes_done, 100_000);
+        assert_eq!(calls[0].bytes_total, Some(100_000));
+        assert!(calls[0].rate_bytes_per_sec > 0);
     }
 
     #[test]

@@ -92,6 +92,16 @@ pub fn detect(head: &[u8]) -> ImageFormat {
     }
 }
 
+/// True when `head` starts with a protective or hybrid MBR announcing a GPT (a partition entry
+/// of type 0xEE and the 0x55AA signature). IPA's format inspector reports such raw disks as
+/// `gpt`, which is why Ironic's default `permitted_image_formats` lists `gpt` beside `raw`.
+pub fn is_gpt(head: &[u8]) -> bool {
+    if head.len() < 512 || head[510..512] != [0x55, 0xaa] {
+        return false;
+    }
+    (0..4).any(|i| head[446 + 16 * i + 4] == 0xee)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +131,18 @@ mod tests {
         assert_eq!(detect(&[0u8; 4096]), ImageFormat::Raw);
         assert_eq!(detect(b""), ImageFormat::Raw);
         assert_eq!(detect(b"BZh9 not bzip2"), ImageFormat::Raw);
+    }
+
+    #[test]
+    fn gpt_needs_signature_and_protective_entry() {
+        let mut mbr = vec![0u8; 512];
+        mbr[446 + 4] = 0xee;
+        assert!(!is_gpt(&mbr), "no 0x55AA signature");
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        assert!(is_gpt(&mbr));
+        mbr[446 + 4] = 0x83;
+        assert!(!is_gpt(&mbr), "a plain MBR partition");
+        assert!(!is_gpt(&mbr[..100]));
     }
 }
