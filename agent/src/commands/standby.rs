@@ -111,7 +111,7 @@ pub fn write_image_from_params(
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => {
             let fetch = |url: &str| {
-                download::fetch_bytes(url, &http, configdrive::MAX_CONFIG_DRIVE_BYTES)
+                download::fetch_bytes(url, &http, configdrive::MAX_ENCODED_BYTES)
                     .map_err(|e| e.to_string())
             };
             Some(configdrive::decode(s, &fetch).map_err(|e| {
