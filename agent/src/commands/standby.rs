@@ -103,8 +103,17 @@ pub fn write_image_from_params(
     devices::check_not_in_use(&agent.config, &dev)?;
 
     let http = http_options(agent);
-    let spec = write::ImageSpec::from_image_info(info, agent.md5_allowed(), &http)
+    let mut spec = write::ImageSpec::from_image_info(info, agent.md5_allowed(), &http)
         .map_err(|e| image_error(Some(&id), e))?;
+    // Ironic bug 2071740: the conductor tells which formats it allows; the writer checks
+    // the format found in the bytes against it.
+    spec.permitted_formats = agent.lookup_config().and_then(|c| {
+        c.get("permitted_image_formats")?.as_array().map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+    });
 
     let iso = match configdrive {
         None | Some(Value::Null) => None,
