@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ImageError;
 use crate::io::RangeSource;
-use crate::pipeline::Sink;
+use crate::pipeline::{Chunk, Sink};
 
 /// The start of the file buffered while looking for the header and the L1 table.
 pub const PREFIX_LIMIT: usize = 16 * 1024 * 1024;
@@ -477,8 +477,31 @@ pub struct Qcow2Stream<'r> {
     open_unknown: Option<(u64, u64, Sha256)>,
     max_file: Option<u64>,
     scratch: Vec<u8>,
+    /// The last [`WINDOW`] bytes or more of the file, for data that comes shortly before its
+    /// L2 table (qemu packs compressed clusters of the next table's range into the current
+    /// host cluster): those are resolved from memory, without re-reading.
+    recent: std::collections::VecDeque<(u64, Recent)>,
+    recent_len: usize,
     /// Bytes re-read with range requests (late data).
     pub reread_bytes: u64,
+}
+
+/// Bytes kept for late data that comes shortly before its table.
+pub const WINDOW: usize = 4 * 1024 * 1024;
+
+/// A piece of the recent window: a shared download chunk (no copy) or owned bytes.
+enum Recent {
+    Chunk(Chunk, usize),
+    Owned(Vec<u8>),
+}
+
+impl Recent {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Recent::Chunk(c, from) => &c.bytes()[*from..],
+            Recent::Owned(v) => v,
+        }
+    }
 }
 
 impl<'r> Qcow2Stream<'r> {
@@ -497,6 +520,8 @@ impl<'r> Qcow2Stream<'r> {
             open_unknown: None,
             max_file: if bounded { Some(u64::MAX) } else { None },
             scratch: Vec::new(),
+            recent: std::collections::VecDeque::new(),
+            recent_len: 0,
             reread_bytes: 0,
         }
     }
@@ -513,7 +538,57 @@ impl<'r> Qcow2Stream<'r> {
             prefix.extend_from_slice(data);
             return self.try_start(sink, false);
         }
+        self.remember(Recent::Owned(data.to_vec()));
         self.stream(data, sink)
+    }
+
+    /// [`Qcow2Stream::feed`] of `chunk.bytes()[from..]`, keeping the chunk (not a copy) in the
+    /// recent window.
+    pub fn feed_chunk(
+        &mut self,
+        chunk: &Chunk,
+        from: usize,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), ImageError> {
+        if self.prefix.is_some() {
+            return self.feed(&chunk.bytes()[from..], sink);
+        }
+        self.remember(Recent::Chunk(chunk.share(), from));
+        self.stream(&chunk.bytes()[from..], sink)
+    }
+
+    /// Append the bytes at `self.pos` to the recent window, dropping what is no longer needed.
+    fn remember(&mut self, piece: Recent) {
+        self.recent_len += piece.bytes().len();
+        self.recent.push_back((self.pos, piece));
+        while let Some((_, front)) = self.recent.front() {
+            let n = front.bytes().len();
+            if self.recent_len - n < WINDOW {
+                break;
+            }
+            self.recent_len -= n;
+            self.recent.pop_front();
+        }
+    }
+
+    /// File bytes `[start, end)` if the recent window still holds them (and they were read).
+    fn recent_bytes(&self, start: u64, end: u64) -> Option<Vec<u8>> {
+        let base = self.recent.front()?.0;
+        if start < base || end > self.pos || start >= end {
+            return None;
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for (at, piece) in &self.recent {
+            let b = piece.bytes();
+            let (lo, hi) = (*at, *at + b.len() as u64);
+            if hi <= start || lo >= end {
+                continue;
+            }
+            let s = start.max(lo) - lo;
+            let e = end.min(hi) - lo;
+            out.extend_from_slice(&b[s as usize..e as usize]);
+        }
+        (out.len() as u64 == end - start).then_some(out)
     }
 
     fn try_start(&mut self, sink: &mut Sink<'_>, at_eof: bool) -> Result<(), ImageError> {
@@ -586,6 +661,7 @@ impl<'r> Qcow2Stream<'r> {
         self.hdr = Some(hdr);
         // Replay the buffered start through the normal path (L2 tables may lie in it).
         let prefix = self.prefix.take().expect("checked above");
+        self.remember(Recent::Owned(prefix.clone()));
         self.stream(&prefix, sink)
     }
 
@@ -661,7 +737,7 @@ impl<'r> Qcow2Stream<'r> {
                 let off = e & ((1u64 << x) - 1);
                 let sectors = ((e >> x) & ((1u64 << (hdr.cluster_bits - 8)) - 1)) + 1;
                 let len = sectors * 512 - (off & 511);
-                self.add(off, off + len, What::Compressed { guest })?;
+                self.add(hdr, sink, off, off + len, What::Compressed { guest })?;
                 continue;
             }
             let off = e & OFFSET_MASK;
@@ -688,7 +764,7 @@ impl<'r> Qcow2Stream<'r> {
                     Some((hs, he + cs, gs))
                 }
                 Some((hs, he, gs)) => {
-                    self.add(hs, he, What::Raw { guest: gs })?;
+                    self.add(hdr, sink, hs, he, What::Raw { guest: gs })?;
                     Some((off, off + cs, guest))
                 }
                 None => Some((off, off + cs, guest)),
@@ -698,27 +774,79 @@ impl<'r> Qcow2Stream<'r> {
             sink.zero(s, z - s)?;
         }
         if let Some((hs, he, gs)) = run {
-            self.add(hs, he, What::Raw { guest: gs })?;
+            self.add(hdr, sink, hs, he, What::Raw { guest: gs })?;
         }
         Ok(())
     }
 
-    /// Register a host range: ahead of the stream → target; behind it → late.
-    fn add(&mut self, start: u64, end: u64, what: What) -> Result<(), ImageError> {
+    /// Register a host range: ahead of the stream → target; behind it but still in the recent
+    /// window → written now; further behind → late (re-read at the end).
+    fn add(
+        &mut self,
+        hdr: &Header,
+        sink: &mut Sink<'_>,
+        start: u64,
+        end: u64,
+        what: What,
+    ) -> Result<(), ImageError> {
         if start >= self.pos {
             return self.targets.insert(start, end, what);
         }
+        let pos = self.pos;
+        match what {
+            What::Raw { guest } => {
+                let seen_end = end.min(pos);
+                if let Some(bytes) = self.recent_bytes(start, seen_end) {
+                    if guest < hdr.size {
+                        let keep = (hdr.size - guest).min(bytes.len() as u64) as usize;
+                        sink.write(guest, &bytes[..keep])?;
+                    }
+                    if end > pos {
+                        self.targets.insert(
+                            pos,
+                            end,
+                            What::Raw {
+                                guest: guest + (pos - start),
+                            },
+                        )?;
+                    }
+                    return Ok(());
+                }
+            }
+            What::Compressed { guest } => {
+                if let Some(bytes) = self.recent_bytes(start, end.min(pos)) {
+                    if end <= pos {
+                        let mut ctx = Ctx {
+                            hdr,
+                            sink,
+                            scratch: &mut self.scratch,
+                        };
+                        return write_compressed(&mut ctx, guest, &bytes);
+                    }
+                    // Straddles the current position: continue collecting from the stream.
+                    self.targets.active.push(Active {
+                        start,
+                        end,
+                        what,
+                        buf: bytes,
+                    });
+                    return Ok(());
+                }
+            }
+            What::L2 { .. } => {}
+        }
         let split = match what {
-            What::Raw { guest } if end > self.pos => Some(guest + (self.pos - start)),
+            What::Raw { guest } if end > pos => Some(guest + (pos - start)),
             _ => None,
         };
-        let late_end = if split.is_some() { self.pos } else { end };
+        let late_end = if split.is_some() { pos } else { end };
         if self.ranges.is_none() {
             return Err(ImageError::UnsupportedFormat(format!(
-                "qcow2 {} at file offset {start} comes before the L2 table that maps it; \
-                 this layout needs re-reading parts of the file, which is impossible inside \
-                 a compressed container or without HTTP Range support",
-                what.describe()
+                "qcow2 {} at file offset {start} comes more than {} MiB before the L2 table \
+                 that maps it; this layout needs re-reading parts of the file, which is \
+                 impossible inside a compressed container or without HTTP Range support",
+                what.describe(),
+                WINDOW >> 20
             )));
         }
         if self.late.len() >= MAX_LATE {
@@ -728,7 +856,7 @@ impl<'r> Qcow2Stream<'r> {
         }
         self.late.push((start, late_end, what));
         if let Some(guest) = split {
-            self.targets.insert(self.pos, end, What::Raw { guest })?;
+            self.targets.insert(pos, end, What::Raw { guest })?;
         }
         Ok(())
     }

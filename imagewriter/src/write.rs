@@ -651,10 +651,10 @@ fn convert(
     match detected.inner {
         ImageFormat::Qcow2 => {
             let mut q = Qcow2Stream::new(opts.ranges, false);
-            q.feed(first.bytes(), sink)?;
+            q.feed_chunk(&first, 0, sink)?;
             drop(first);
             while let Some((chunk, from)) = source.next_chunk()? {
-                q.feed(&chunk.bytes()[from..], sink)?;
+                q.feed_chunk(&chunk, from, sink)?;
             }
             reread = q.finish(sink)?;
         }

@@ -36,6 +36,14 @@ pub enum Reply {
     StallBody { body: Vec<u8>, send: usize },
     /// Close the connection without answering.
     Close,
+    /// A file with an ETag and Last-Modified that honours `Range: bytes=a-[b]` (206 with
+    /// Content-Range) when `If-Range` is absent or equals `etag`, else 200 with the whole file.
+    /// With `cut: Some(n)`, the connection closes after `n` body bytes of this response.
+    Ranged {
+        body: Vec<u8>,
+        etag: String,
+        cut: Option<usize>,
+    },
 }
 
 /// One request as the server saw it.
@@ -157,6 +165,7 @@ fn serve_one(
         return;
     };
     let path = req.path.clone();
+    let req_headers = req.headers.clone();
     seen.lock().unwrap().push(req);
     let reply = match routes.get(&path) {
         Some(script) => {
@@ -221,10 +230,50 @@ fn serve_one(
                 stall();
             }
             Reply::Close => {}
+            Reply::Ranged { body, etag, cut } => {
+                let range = req_headers
+                    .get("range")
+                    .and_then(|r| parse_range(r, body.len()));
+                let if_range_ok = req_headers.get("if-range").is_none_or(|v| v == &etag);
+                let (status, start, end) = match range {
+                    Some((a, b)) if if_range_ok => ("206 Partial Content", a, b),
+                    _ => ("200 OK", 0, body.len()),
+                };
+                let mut h = format!(
+                    "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n\
+                     ETag: {etag}\r\nLast-Modified: Sun, 22 Nov 2026 05:00:00 GMT\r\n\
+                     Accept-Ranges: bytes\r\n",
+                    end - start
+                );
+                if status.starts_with("206") {
+                    h.push_str(&format!(
+                        "Content-Range: bytes {start}-{}/{}\r\n",
+                        end - 1,
+                        body.len()
+                    ));
+                }
+                h.push_str("\r\n");
+                conn.write_all(h.as_bytes())?;
+                let send = cut.map_or(end, |n| (start + n).min(end));
+                conn.write_all(&body[start..send])?;
+            }
         }
         conn.flush()
     })();
     let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+/// `bytes=a-` or `bytes=a-b` within `len` → `(a, b + 1)`.
+fn parse_range(v: &str, len: usize) -> Option<(usize, usize)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let a: usize = a.trim().parse().ok()?;
+    let end = if b.trim().is_empty() {
+        len
+    } else {
+        b.trim().parse::<usize>().ok()?.checked_add(1)?.min(len)
+    };
+    (a < end).then_some((a, end))
 }
 
 /// Deterministic, incompressible-looking bytes (xorshift64*), never starting with a known
@@ -281,6 +330,40 @@ pub fn assert_wiped(path: &Path) {
     let n = d.len();
     assert!(all(&d[..MIB.min(n)], 0), "first MiB not zeroed");
     assert!(all(&d[n.saturating_sub(MIB)..], 0), "last MiB not zeroed");
+}
+
+/// A committed image fixture (`tests/fixtures/images/<name>.fx.gz`, see make-images.sh),
+/// decompressed.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/images/{name}.fx.gz",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let gz = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// `expected.txt` of the fixtures: name → (virtual size, sha256 of the raw conversion).
+pub fn fixture_expectations() -> HashMap<String, (u64, String)> {
+    let path = format!(
+        "{}/tests/fixtures/images/expected.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((
+                f.next()?.to_string(),
+                (f.next()?.parse().ok()?, f.next()?.to_string()),
+            ))
+        })
+        .collect()
 }
 
 /// Assert nothing was written: the disk is still all [`FILL`].
