@@ -295,7 +295,7 @@ impl std::io::Read for Jittery {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let mut n = (self.rng % 200_000) as usize + 1;
-        if self.rng % 7 == 0 {
+        if self.rng.is_multiple_of(7) {
             n = 1 + (self.rng % 13) as usize; // tiny reads too
         }
         let mut end = (self.pos + n)
