@@ -28,6 +28,8 @@ pub struct Options {
     pub kernel_dir: Option<PathBuf>,
     /// Where downloads and extracted packages are kept.
     pub cache: PathBuf,
+    /// CA bundle to ship; `None`: built from Debian's ca-certificates package.
+    pub ca_bundle: Option<PathBuf>,
     /// Modules to ship in addition to [`DEFAULT_MODULES`].
     pub extra_modules: Vec<String>,
     /// The Ferric workspace (for building the agent).
@@ -55,6 +57,8 @@ pub struct Report {
     pub modules: (usize, u64),
     /// Requested modules the kernel does not have.
     pub modules_not_found: Vec<String>,
+    /// Certificates in the CA bundle and where they came from.
+    pub ca_bundle: (usize, String),
 }
 
 impl Report {
@@ -95,6 +99,11 @@ impl Report {
             "  modules  {:>10} bytes in {} modules",
             self.modules.1, self.modules.0
         );
+        let _ = writeln!(
+            s,
+            "  CA certs {:>10} from {}",
+            self.ca_bundle.0, self.ca_bundle.1
+        );
         if !self.modules_not_found.is_empty() {
             let _ = writeln!(
                 s,
@@ -129,6 +138,12 @@ pub fn build(opts: &Options) -> Result<Report> {
     let applets = inputs::busybox_applets(&busybox_path)?;
     let agent_path = inputs::agent(opts.agent.as_deref(), &opts.workspace)?;
     let agent = inputs::read_static_x86_64(&agent_path, "agent")?;
+
+    let (ca_bundle, ca_source) = inputs::ca_bundle(opts.ca_bundle.as_deref(), &opts.cache)?;
+    let ca_count = ca_bundle
+        .windows(27)
+        .filter(|w| *w == b"-----BEGIN CERTIFICATE-----")
+        .count();
 
     let tree = ModuleTree::open(&kernel.modules)?;
     let mut wanted: Vec<String> = DEFAULT_MODULES.iter().map(|s| s.to_string()).collect();
@@ -165,6 +180,7 @@ pub fn build(opts: &Options) -> Result<Report> {
         applets: &applets,
         modules: &selection,
         build_info: &build_info,
+        ca_bundle: &ca_bundle,
     })?;
     let cpio = archive.to_bytes();
     let gz = initramfs::gzip(&cpio)?;
@@ -190,5 +206,6 @@ pub fn build(opts: &Options) -> Result<Report> {
         busybox: (busybox_path, busybox.len() as u64),
         modules: (selection.modules.len(), selection.total_bytes()),
         modules_not_found: selection.not_found,
+        ca_bundle: (ca_count, ca_source),
     })
 }

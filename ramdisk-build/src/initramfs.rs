@@ -34,7 +34,12 @@ pub struct Contents<'a> {
     pub modules: &'a Selection,
     /// Text stored as `/etc/ferric-build` (versions of what went in).
     pub build_info: &'a str,
+    /// PEM bundle for `/etc/ssl/certs/ca-certificates.crt`.
+    pub ca_bundle: &'a [u8],
 }
+
+/// Where the agent's HTTPS client reads its trust roots (Debian's location).
+pub const CA_BUNDLE_PATH: &str = "etc/ssl/certs/ca-certificates.crt";
 
 /// Builds the archive tree.
 pub fn assemble(c: &Contents<'_>) -> Result<Archive, CpioError> {
@@ -88,6 +93,7 @@ pub fn assemble(c: &Contents<'_>) -> Result<Archive, CpioError> {
         b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n".to_vec(),
     )?;
     a.add_file("etc/ferric-build", 0o644, c.build_info.as_bytes().to_vec())?;
+    a.add_file(CA_BUNDLE_PATH, 0o644, c.ca_bundle.to_vec())?;
 
     let moddir = format!("lib/modules/{}", c.modules.kernel_version);
     for m in &c.modules.modules {
@@ -151,6 +157,7 @@ mod tests {
             applets: &applets,
             modules: &sel,
             build_info: "kernel 6.1.0-test\n",
+            ca_bundle: b"-----BEGIN CERTIFICATE-----\n",
         };
         let bytes = assemble(&contents).unwrap().to_bytes();
         let entries = read_newc(&bytes).unwrap();
@@ -178,6 +185,10 @@ mod tests {
         assert_eq!(
             get("lib/modules/6.1.0-test/modules.alias").data,
             b"alias virtio:d00000001v* virtio_net\n"
+        );
+        assert_eq!(
+            get("etc/ssl/certs/ca-certificates.crt").data,
+            b"-----BEGIN CERTIFICATE-----\n"
         );
         assert!(get("usr/share/udhcpc/default.script")
             .data

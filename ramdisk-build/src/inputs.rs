@@ -277,6 +277,52 @@ pub fn busybox(explicit: Option<&Path>, cache: &Path) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("{}: busybox-static holds no bin/busybox", root.display()))
 }
 
+/// The CA bundle for `/etc/ssl/certs/ca-certificates.crt` (where the agent's HTTPS client
+/// looks for roots): `explicit` verbatim, else built from Debian's `ca-certificates`
+/// package the way its `update-ca-certificates` does by default (every Mozilla
+/// certificate, concatenated; here in file-name order, so the result is reproducible).
+/// Returns the bundle and a description of its source.
+pub fn ca_bundle(explicit: Option<&Path>, cache: &Path) -> Result<(Vec<u8>, String)> {
+    if let Some(p) = explicit {
+        let bytes =
+            std::fs::read(p).with_context(|| format!("cannot read CA bundle {}", p.display()))?;
+        if !bytes
+            .windows(27)
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        {
+            bail!("{} holds no PEM certificate", p.display());
+        }
+        return Ok((bytes, p.display().to_string()));
+    }
+    let root = fetch_deb("ca-certificates", cache)?;
+    let dir = root.join("usr/share/ca-certificates/mozilla");
+    let bundle = concat_certs(&dir)?;
+    Ok((bundle, dir.display().to_string()))
+}
+
+/// Concatenates the `*.crt` files of `dir` in file-name order, each ending in a newline.
+pub fn concat_certs(dir: &Path) -> Result<Vec<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no .crt files", dir.display());
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let mut pem = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        if pem.last() != Some(&b'\n') {
+            pem.push(b'\n');
+        }
+        out.extend_from_slice(&pem);
+    }
+    Ok(out)
+}
+
 /// The applets `busybox --list-full` reports (paths like `bin/sh`, `usr/sbin/udhcpc`).
 pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let out = run(Command::new(busybox).arg("--list-full"))?;
@@ -342,6 +388,26 @@ mod tests {
         std::fs::create_dir_all(root.join("lib/modules/6.2/kernel")).unwrap();
         let err = kernel_in(root).unwrap_err().to_string();
         assert!(err.contains("6.1.0-9-amd64, 6.2"), "{err}");
+    }
+
+    #[test]
+    fn ca_bundle_concatenates_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |n: &str| format!("-----BEGIN CERTIFICATE-----\n{n}\n-----END CERTIFICATE-----");
+        std::fs::write(dir.path().join("b.crt"), pem("B")).unwrap();
+        std::fs::write(dir.path().join("a.crt"), pem("A") + "\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let bundle = String::from_utf8(concat_certs(dir.path()).unwrap()).unwrap();
+        assert_eq!(bundle, format!("{}\n{}\n", pem("A"), pem("B")));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(concat_certs(empty.path()).is_err());
+        // An explicit bundle is used verbatim, but must hold a certificate.
+        let f = dir.path().join("bundle.pem");
+        std::fs::write(&f, &bundle).unwrap();
+        let (bytes, src) = ca_bundle(Some(&f), dir.path()).unwrap();
+        assert_eq!(bytes, bundle.as_bytes());
+        assert_eq!(src, f.display().to_string());
+        assert!(ca_bundle(Some(&dir.path().join("notes.txt")), dir.path()).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! cargo run --release -p ramdisk-build -- --out DIR [--agent PATH] [--busybox PATH]
-//!     [--kernel-deb FILE | --kernel-dir DIR] [--cache DIR] [--module NAME]...
+//!     [--kernel-deb FILE | --kernel-dir DIR] [--cache DIR] [--ca-bundle FILE]
+//!     [--module NAME]...
 //! ```
 //! writes `DIR/vmlinuz`, `DIR/initramfs`, `DIR/boot.ipxe` and prints their sizes.
 //!
@@ -17,6 +18,9 @@
 //! - kernel: `--kernel-dir` (an extracted linux-image package), `--kernel-deb`, else the
 //!   package `linux-image-amd64` depends on, downloaded into the cache
 //!   (`<workspace>/target/ramdisk-cache` by default).
+//! - CA bundle (`/etc/ssl/certs/ca-certificates.crt`, where the agent's HTTPS client
+//!   looks): `--ca-bundle`, else every Mozilla certificate of Debian's `ca-certificates`
+//!   package concatenated in name order (what `update-ca-certificates` builds by default).
 //!
 //! # The initramfs
 //! [`initramfs::assemble`] lays it out: `/init` (`assets/init`), busybox and its applet

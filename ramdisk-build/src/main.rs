@@ -31,6 +31,10 @@ struct Cli {
     /// Download and extraction cache [default: <workspace>/target/ramdisk-cache].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// PEM bundle installed as /etc/ssl/certs/ca-certificates.crt [default: built from
+    /// Debian's ca-certificates package].
+    #[arg(long, value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
     /// Ship this module (and its dependencies) too; repeatable.
     #[arg(long = "module", value_name = "NAME")]
     modules: Vec<String>,
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         cache: cli
             .cache
             .unwrap_or_else(|| workspace.join("target/ramdisk-cache")),
+        ca_bundle: cli.ca_bundle,
         extra_modules: cli.modules,
         workspace,
     };

@@ -327,6 +327,12 @@ fn ramdisk_boots_in_qemu_and_runs_the_agent() {
     {
         fail("hostname not derived from BOOTIF");
     }
+    let ca_certs: usize = find("STANDIN ca_certs=")
+        .and_then(|(_, l)| l.rsplit('=').next()?.parse().ok())
+        .unwrap_or(0);
+    if ca_certs < 50 {
+        fail(&format!("only {ca_certs} CA certificates in the ramdisk"));
+    }
     if find("dev_vda=true").is_none() {
         fail("/dev/vda does not exist");
     }
