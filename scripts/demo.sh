@@ -56,6 +56,7 @@ loop=$(losetup -f --show "$work/target.img")
 echo "install device: $loop"
 
 step "start the fake conductor and the agent"
+: > "$work/conductor.log"
 "$bin/fake-conductor" --listen 127.0.0.1:6385 --image-listen 127.0.0.1:8089 \
   --image "$img" --heartbeat-timeout 20 > "$work/conductor.log" 2>&1 &
 pids+=($!)
@@ -82,8 +83,14 @@ for _ in $(seq 50); do kill -0 "$agent" 2>/dev/null || break; sleep 0.1; done
 
 step "what was written where"
 size=$(stat -c %s "$img")
-if cmp -s -n "$size" "$img" "$loop"; then
-  echo "image:        $size bytes at offset 0 of $loop, byte-for-byte identical"
+# Adding the config-2 partition moves the GPT backup to the end of the disk, which updates
+# the protective MBR's partition entry, the primary header and the entry array (LBA 0-33)
+# and retires the image's own backup (its last 33 sectors). Everything else is the image.
+gpt=$((34 * 512)); tail_=$((33 * 512))
+same() { cmp -s -i "$1:$1" -n "$2" "$img" "$loop"; }
+if same 0 440 && same "$gpt" $((size - gpt - tail_)); then
+  echo "image:        $size bytes at offset 0 of $loop: boot code and every byte after the GPT"
+  echo "              identical (GPT headers updated for the new partition)"
 else
   echo "image:        MISMATCH" >&2; exit 1
 fi
