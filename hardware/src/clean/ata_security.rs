@@ -24,8 +24,7 @@
 //! `hdparm ... NULL` sends. After a failed erase the drive is unlocked and
 //! its password disabled again so that it is not left locked.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 
 use crate::block::BlockDevice;
 use crate::clean::nvme::Hw;
@@ -400,11 +399,7 @@ pub(crate) fn secure_erase(
     max_minutes: Option<u32>,
 ) -> Result<Hw, String> {
     let path = dev_path(ctx.root, dev);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_EXCL | nix::libc::O_CLOEXEC)
-        .open(&path)
+    let f = crate::clean::metadata::open_exclusive(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let report = |done: u64| {
         (ctx.progress)(&Progress {

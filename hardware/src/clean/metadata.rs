@@ -216,14 +216,35 @@ pub(crate) fn plan(
     merge(regions, size)
 }
 
-fn open_exclusive(path: &Path) -> io::Result<File> {
+/// Retries `op` while it fails with EBUSY: after a disk is written, udev
+/// (and any other prober on the machine) briefly opens it and its
+/// partitions, which makes exclusive opens, BLKRRPART and BLKPG fail for a
+/// moment (IPA runs `udevadm settle` and retries partprobe for the same
+/// reason). At most ~3 s.
+pub(crate) fn retry_busy<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut delay = std::time::Duration::from_millis(50);
+    for _ in 0..7 {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    op()
+}
+
+pub(crate) fn open_exclusive(path: &Path) -> io::Result<File> {
     // O_EXCL on a block device makes the kernel refuse the open while the
     // device or one of its partitions is mounted or held by md/dm.
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_EXCL | nix::libc::O_CLOEXEC)
-        .open(path)
+    retry_busy(|| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_EXCL | nix::libc::O_CLOEXEC)
+            .open(path)
+    })
 }
 
 /// Wipes the metadata of one whole device (see the module docs).
@@ -317,12 +338,12 @@ pub(crate) fn wipe_device(
 /// cannot scan this device (loop devices without partscan answer EINVAL),
 /// BLKPG deletion of each partition it still lists, as partprobe does.
 fn reread(f: &File, kparts: &[KernelPartition]) -> String {
-    match sys::reread_partitions(f) {
+    match retry_busy(|| sys::reread_partitions(f)) {
         Ok(()) => "partition table re-read".to_string(),
         Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
             let mut failed = Vec::new();
             for p in kparts {
-                if let Err(e) = sys::delete_partition(f, p.number) {
+                if let Err(e) = retry_busy(|| sys::delete_partition(f, p.number)) {
                     failed.push(format!("{}: {e}", p.name));
                 }
             }

@@ -22,8 +22,7 @@
 //! it falls back to overwriting, so a device the operator excluded is never
 //! erased by its neighbour's format.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::Path;
 
 use crate::block::BlockDevice;
@@ -203,11 +202,7 @@ pub(crate) fn secure_erase(
     job: &EraseJob,
 ) -> Result<Hw, String> {
     let path = dev_path(ctx.root, dev);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(nix::libc::O_EXCL | nix::libc::O_CLOEXEC)
-        .open(&path)
+    let f = crate::clean::metadata::open_exclusive(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let nsid = sys::nvme_namespace_id(&f).map_err(|e| format!("NVME_IOCTL_ID failed: {e}"))?;
     let mut id = vec![0u8; IDENTIFY_LEN];

@@ -128,10 +128,12 @@ fn open_for_overwrite(path: &Path, direct: bool) -> io::Result<File> {
     if direct {
         flags |= nix::libc::O_DIRECT;
     }
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(flags)
-        .open(path)
+    crate::clean::metadata::retry_busy(|| {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+    })
 }
 
 /// Overwrites all of the device at `path` with `passes`, reporting progress
