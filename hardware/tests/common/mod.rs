@@ -11,3 +11,5 @@ pub fn fixture(name: &str) -> PathBuf {
     assert!(p.is_dir(), "fixture {} is missing", p.display());
     p
 }
+
+pub mod loopdev;
