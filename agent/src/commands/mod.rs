@@ -63,6 +63,11 @@ pub struct CommandResult {
     pub command_error: Option<AgentError>,
     /// Result when SUCCEEDED.
     pub command_result: Option<Value>,
+    /// While RUNNING, what a long command has done so far (an image write: bytes done and
+    /// total, rate). Ironic reads only status, error and result, so an extra key is safe;
+    /// absent otherwise, keeping IPA's exact shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_progress: Option<Value>,
 }
 
 /// How a command ended when it did not succeed.
@@ -189,6 +194,7 @@ impl Entry {
                 command_status: Status::Running,
                 command_error: None,
                 command_result: None,
+                command_progress: None,
             }),
             done: watch::channel(false).0,
         })
@@ -202,6 +208,7 @@ impl Entry {
     fn finish(&self, outcome: Outcome) {
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.command_progress = None;
             match outcome {
                 Ok(v) => {
                     s.command_status = Status::Succeeded;
@@ -347,6 +354,16 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .last()
             .cloned()
+    }
+
+    /// Record progress of the RUNNING command (the last one), shown in listings.
+    pub fn set_progress(&self, progress: Value) {
+        if let Some(last) = self.last() {
+            let mut s = last.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.command_status == Status::Running {
+                s.command_progress = Some(progress);
+            }
+        }
     }
 
     /// The history, oldest first.

@@ -138,12 +138,20 @@ pub fn write_image_from_params(
     log::info!("writing image {id} to {}", dev.display());
     let progress = |p: write::Progress| {
         log::info!(
-            "image {id}: {} MiB written{}",
+            "image {id}: {} MiB downloaded{} at {:.1} MiB/s",
             p.bytes_done >> 20,
             p.bytes_total
                 .map(|t| format!(" of {} MiB", t >> 20))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            p.rate_bytes_per_sec as f64 / 1048576.0
         );
+        agent.runner.set_progress(serde_json::json!({
+            "image": id,
+            "device": dev.display().to_string(),
+            "bytes_done": p.bytes_done,
+            "bytes_total": p.bytes_total,
+            "rate_bytes_per_sec": p.rate_bytes_per_sec,
+        }));
     };
     let report =
         write::write_image(&spec, &dev, &progress).map_err(|e| image_error(Some(&id), e))?;

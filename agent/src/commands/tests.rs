@@ -160,6 +160,7 @@ fn result_serialises_without_command_params() {
         command_status: Status::Succeeded,
         command_error: None,
         command_result: Some(json!({"root uuid": "0x1badb002"})),
+        command_progress: None,
     };
     // Byte-for-byte the shape in recordings/01-deploy.jsonl.
     assert_eq!(
@@ -360,4 +361,20 @@ async fn hardware_info_is_ipa_inventory() {
     }
     assert!(inv["cpu"]["count"].as_u64().unwrap() >= 1);
     assert!(inv["memory"]["total"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn progress_shows_while_running_and_goes_away() {
+    let a = agent();
+    let e = a
+        .runner
+        .execute(&a, "test.sleep", params(json!({"ms": 300})))
+        .await
+        .unwrap();
+    a.runner.set_progress(json!({"bytes_done": 5}));
+    let listed = serde_json::to_value(a.runner.list()).unwrap();
+    assert_eq!(listed[0]["command_progress"], json!({"bytes_done": 5}));
+    e.wait().await;
+    let listed = serde_json::to_value(a.runner.list()).unwrap();
+    assert!(listed[0].get("command_progress").is_none(), "{listed}");
 }
