@@ -347,6 +347,7 @@ pub fn select_devices(ctx: &StepContext<'_>) -> Result<Selection, StepError> {
         devices: Vec::new(),
         skipped: Vec::new(),
     };
+    let mut held = Vec::new();
     for dev in candidates {
         let skip = if matches!(
             dev.kind,
@@ -360,7 +361,23 @@ pub fn select_devices(ctx: &StepContext<'_>) -> Result<Selection, StepError> {
         } else if hints.iter().any(|h| h.matches(&dev)) {
             Some("matches node.properties.skip_block_devices".to_string())
         } else {
-            device_in_use(root, &dev)?.map(|why| format!("in use: {why}"))
+            match device_in_use(root, &dev)? {
+                None => None,
+                Some(why) => {
+                    let foreign: Vec<String> = holders(root, &dev)
+                        .into_iter()
+                        .filter(|h| !h.starts_with("md"))
+                        .collect();
+                    if !foreign.is_empty() {
+                        held.push(format!("{} ({why})", dev.name));
+                        continue;
+                    }
+                    // Mounted or swap (the ramdisk's own media) or an md
+                    // member (the array itself is cleaned, as IPA skips
+                    // RAID members).
+                    Some(format!("in use: {why}"))
+                }
+            }
         };
         match skip {
             Some(reason) => {
@@ -370,7 +387,29 @@ pub fn select_devices(ctx: &StepContext<'_>) -> Result<Selection, StepError> {
             None => sel.devices.push(dev),
         }
     }
+    if !held.is_empty() {
+        // Skipping these would report success while the data stays: the
+        // device-mapper device on top (LVM, dm-crypt, multipath) is not
+        // cleaned either.
+        return Err(StepError::BlockDeviceErase(format!(
+            "cannot clean {}: held by device-mapper or another stacked driver; deactivate it \
+             (vgchange -an, cryptsetup close, multipath -F) so its data can be erased",
+            held.join("; ")
+        )));
+    }
     Ok(sel)
+}
+
+/// Kernel names holding `dev` or one of its partitions (`holders/` in sysfs).
+fn holders(root: &Path, dev: &BlockDevice) -> Vec<String> {
+    let dir = under(root, "sys/block").join(dev.kernel_name());
+    let mut out = crate::sysfs::dir_names(&dir.join("holders"));
+    for child in crate::sysfs::dir_names(&dir) {
+        if dir.join(&child).join("partition").exists() {
+            out.extend(crate::sysfs::dir_names(&dir.join(&child).join("holders")));
+        }
+    }
+    out
 }
 
 /// Per-device outcome of a cleaning step, serialised as the step result
@@ -468,6 +507,7 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::DeviceFilter;
     use serde_json::json;
 
     #[test]
@@ -538,6 +578,101 @@ mod tests {
             "disk_erasure_concurrency": 0}});
         let s = EraseSettings::from_node(&strings).unwrap();
         assert_eq!((s.iterations, s.zeroize, s.concurrency), (3, false, 1));
+    }
+
+    /// A sysfs/procfs fixture: `(kernel name, partitions, holders of the
+    /// disk, holders of its first partition)`; nothing here opens a device.
+    fn fixture(disks: &[(&str, bool, &[&str], &[&str])], mounts: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for (i, (name, part, holders, part_holders)) in disks.iter().enumerate() {
+            let d = r.join("sys/block").join(name);
+            std::fs::create_dir_all(d.join("holders")).unwrap();
+            std::fs::write(d.join("dev"), format!("8:{}\n", i * 16)).unwrap();
+            std::fs::write(d.join("size"), "2048\n").unwrap();
+            for h in *holders {
+                std::fs::create_dir_all(d.join("holders").join(h)).unwrap();
+            }
+            if *part {
+                let p = d.join(format!("{name}1"));
+                std::fs::create_dir_all(p.join("holders")).unwrap();
+                std::fs::write(p.join("partition"), "1\n").unwrap();
+                std::fs::write(p.join("dev"), format!("8:{}\n", i * 16 + 1)).unwrap();
+                for h in *part_holders {
+                    std::fs::create_dir_all(p.join("holders").join(h)).unwrap();
+                }
+            }
+        }
+        std::fs::create_dir_all(r.join("proc/self")).unwrap();
+        std::fs::write(r.join("proc/self/mountinfo"), mounts).unwrap();
+        dir
+    }
+
+    #[test]
+    fn selection_skips_media_and_md_members_but_refuses_dm_held_disks() {
+        let mounts = "30 1 8:17 / /run/media rw - vfat /dev/sdb1 rw\n";
+        let dir = fixture(
+            &[
+                ("sda", true, &[], &["md127"]),
+                ("sdb", true, &[], &[]),
+                ("sdc", false, &[], &[]),
+                ("md127", false, &[], &[]),
+                ("loop0", false, &[], &[]),
+            ],
+            mounts,
+        );
+        let (node, ports) = (json!({}), json!([]));
+        let ctx = StepContext::new(dir.path(), &node, &ports, DeviceFilter::all_disks());
+        let sel = select_devices(&ctx).unwrap();
+        let names: Vec<&str> = sel.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["/dev/md127", "/dev/sdc"]);
+        assert_eq!(sel.skipped.len(), 2);
+        assert!(sel.skipped[0].0 == "/dev/sda" && sel.skipped[0].1.contains("held by md127"));
+        assert!(
+            sel.skipped[1].0 == "/dev/sdb" && sel.skipped[1].1.contains("mounted at /run/media")
+        );
+
+        let dir = fixture(
+            &[("sda", true, &[], &["dm-0"]), ("sdc", false, &[], &[])],
+            "",
+        );
+        let ctx = StepContext::new(dir.path(), &node, &ports, DeviceFilter::all_disks());
+        let err = select_devices(&ctx).unwrap_err();
+        assert_eq!(err.ipa_type(), "BlockDeviceEraseError");
+        assert!(
+            err.to_string()
+                .contains("/dev/sda (partition /dev/sda1 is held by dm-0)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn skip_hints_and_virtual_media() {
+        let dir = fixture(
+            &[
+                ("sda", false, &[], &[]),
+                ("sdb", false, &[], &[]),
+                ("sdc", false, &[], &[]),
+            ],
+            "",
+        );
+        std::fs::create_dir_all(dir.path().join("dev/disk/by-label")).unwrap();
+        std::os::unix::fs::symlink("../../sdc", dir.path().join("dev/disk/by-label/ir-vfd-dev"))
+            .unwrap();
+        let node = json!({"properties": {"skip_block_devices": [{"name": "/dev/sda"}, {"volume_name": "r"}, {}]}});
+        let ports = json!([]);
+        let ctx = StepContext::new(dir.path(), &node, &ports, DeviceFilter::all_disks());
+        let sel = select_devices(&ctx).unwrap();
+        let names: Vec<&str> = sel.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["/dev/sdb"]);
+        assert!(sel
+            .skipped
+            .iter()
+            .any(|(d, r)| d == "/dev/sda" && r.contains("skip_block_devices")));
+        assert!(sel
+            .skipped
+            .iter()
+            .any(|(d, r)| d == "/dev/sdc" && r.contains("virtual media")));
     }
 
     #[test]
