@@ -214,15 +214,18 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
+        // Partitions added with BLKPG outlive the loop device's binding, so
+        // they are removed first (retrying while a prober holds them open).
         for pno in &self.added {
-            if self
-                .kernel_partitions()
-                .iter()
-                .any(|p| p.ends_with(&format!("p{pno}")))
-            {
+            let name = format!("{}p{pno}", self.kname);
+            for _ in 0..20 {
+                if !self.kernel_partitions().contains(&name) {
+                    break;
+                }
                 let _ = Command::new("delpart")
                     .args([self.path_str(), &pno.to_string()])
                     .status();
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         let _ = Command::new("losetup")
