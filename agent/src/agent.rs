@@ -45,6 +45,8 @@ pub struct Agent {
     pub deploy: Mutex<DeployState>,
     /// Signalled when an async command finished: the heartbeater sends one at once.
     pub force_heartbeat: Notify,
+    /// The hardware managers: steps, versions, cleaning.
+    pub managers: ferric_hardware::Managers,
     /// The API's TLS, when it serves HTTPS (lookup's tls_min_version is applied to it).
     pub server_tls: OnceLock<Arc<crate::tls::ServerTls>>,
 }
@@ -72,6 +74,7 @@ impl Agent {
             deploy: Mutex::new(DeployState::default()),
             force_heartbeat: Notify::new(),
             server_tls: OnceLock::new(),
+            managers: ferric_hardware::Managers::generic(&config.sys_root),
             config,
         }
     }

@@ -111,8 +111,11 @@ fn collect_default(config: &Config, data: &mut Map<String, Value>, names: &[Stri
         "configuration".into(),
         json!({
             "collectors": names,
-            "managers": [{"name": "generic_hardware_manager",
-                          "version": crate::commands::MANAGER_VERSION}],
+            "managers": ferric_hardware::Managers::generic(&config.sys_root)
+                .current_versions()
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| json!({"name": k, "version": v})).collect::<Vec<_>>())
+                .unwrap_or_default(),
         }),
     );
     // What ironic-inspector's /v1/continue reads besides the inventory.

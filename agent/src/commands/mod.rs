@@ -12,11 +12,11 @@
 //!   panic message, and the agent lives on.
 //! - Completion is published through a `watch` channel per entry, which `wait=true` awaits.
 
-mod deploy;
 mod image;
 mod logs;
 mod poll;
 mod standby;
+mod steps;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,6 @@ use tokio::sync::watch;
 use crate::agent::Agent;
 use crate::error::AgentError;
 
-pub use deploy::{manager_versions, MANAGER, MANAGER_VERSION};
 pub use logs::collect_logs_base64;
 pub use standby::write_image_from_params;
 
@@ -147,10 +146,26 @@ fn lookup(extension: &str, command: &str) -> Result<Spec, AgentError> {
             _ => None,
         },
         "deploy" => match command {
-            "get_deploy_steps" => Some(sync(deploy::get_deploy_steps)),
+            "get_deploy_steps" => Some(sync(steps::get_deploy_steps)),
             "execute_deploy_step" => Some(asynchronous(
-                deploy::execute_deploy_step,
-                Some(deploy::validate_step),
+                steps::execute_deploy_step,
+                Some(steps::validate_step),
+            )),
+            _ => None,
+        },
+        "clean" => match command {
+            "get_clean_steps" => Some(sync(steps::get_clean_steps)),
+            "execute_clean_step" => Some(asynchronous(
+                steps::execute_clean_step,
+                Some(steps::validate_step),
+            )),
+            _ => None,
+        },
+        "service" => match command {
+            "get_service_steps" => Some(sync(steps::get_service_steps)),
+            "execute_service_step" => Some(asynchronous(
+                steps::execute_service_step,
+                Some(steps::validate_step),
             )),
             _ => None,
         },

@@ -378,3 +378,73 @@ async fn progress_shows_while_running_and_goes_away() {
     let listed = serde_json::to_value(a.runner.list()).unwrap();
     assert!(listed[0].get("command_progress").is_none(), "{listed}");
 }
+
+#[tokio::test]
+async fn clean_steps_and_clean_version_mismatch() {
+    let a = agent();
+    let e = a
+        .runner
+        .execute(
+            &a,
+            "clean.get_clean_steps",
+            params(json!({"node": {"uuid": "n"}, "ports": []})),
+        )
+        .await
+        .unwrap();
+    let r = e.snapshot().command_result.unwrap();
+    let steps = r["clean_steps"]["GenericHardwareManager"]
+        .as_array()
+        .unwrap();
+    let prio = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .map(|s| s["priority"].clone())
+    };
+    assert_eq!(prio("erase_devices_metadata"), Some(json!(99)));
+    assert_eq!(prio("erase_devices"), Some(json!(10)));
+    assert_eq!(
+        r["hardware_manager_version"],
+        json!({"generic_hardware_manager": "1.2"})
+    );
+
+    let step = json!({"step": "erase_devices_metadata", "priority": 99, "interface": "deploy",
+                      "reboot_requested": false, "abortable": true, "requires_ramdisk": true});
+    let e = a
+        .runner
+        .execute(
+            &a,
+            "clean.execute_clean_step",
+            params(json!({"step": step, "node": {"uuid": "n"}, "ports": [],
+                          "clean_version": {"generic_hardware_manager": "0.1"}})),
+        )
+        .await
+        .unwrap();
+    e.wait().await;
+    let s = e.snapshot();
+    assert_eq!(s.command_status, Status::CleanVersionMismatch);
+    assert_eq!(s.command_error.unwrap().kind, "VersionMismatch");
+
+    // The deploy step list still carries write_image next to the manager's own steps.
+    let e = a
+        .runner
+        .execute(
+            &a,
+            "deploy.get_deploy_steps",
+            params(json!({"node": {}, "ports": []})),
+        )
+        .await
+        .unwrap();
+    let r = e.snapshot().command_result.unwrap();
+    let names: Vec<_> = r["deploy_steps"]["GenericHardwareManager"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains(&"write_image".to_string())
+            && names.contains(&"erase_devices_metadata".to_string()),
+        "{names:?}"
+    );
+}
