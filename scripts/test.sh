@@ -19,11 +19,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 # Integration suites start servers, agents and loop devices; two at a time is what two
 # cores carry without timeouts turning flaky.
-cargo test --workspace -- --test-threads=2
+cargo test --workspace --no-fail-fast -- --test-threads=2
 
-step "real OpenStack Ironic 39.0.0 (from PyPI) drives the agent: deploy with require_tls=true"
+step "real OpenStack Ironic 39.0.0 (from PyPI) drives the agent: cleaning, then a deploy, require_tls=true"
 # The acceptance test of the whole product: an unmodified Ironic conductor takes a node
-# to active with this agent over HTTPS (auto TLS), on a loop device.
+# through automated cleaning to available and a deploy to active with this agent, over
+# HTTPS (auto TLS), on a loop device.
 cargo build -q -p ferric-agent
 FERRIC_AGENT="${CARGO_TARGET_DIR:-target}/debug/ferric-agent" IRONIC_REQUIRE_TLS=true \
-  tests/real-ironic/run.sh deploy
+  tests/real-ironic/run.sh all
