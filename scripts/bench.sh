@@ -7,8 +7,10 @@
 # (`ferric-agent --standalone`, POST standby.prepare_image?wait=true) onto a loop device backed
 # by a file on disk. The floor is measured in the same run: `dd oflag=direct` of the raw file to
 # the same device, and `imagewriter/examples/floor.rs` (one GET -> sha256 -> write -> fsync).
-# Prints wall time, ratio to the floor, agent peak RSS (VmHWM), CPU seconds and temporary bytes.
-# Page cache dropped before every run. It prints; it never fails a test.
+# Prints wall time, ratios to both floors, agent peak RSS (VmHWM), CPU seconds and temporary
+# bytes. Before every run the page cache is dropped and the served file read once (an image
+# server holds its images in cache; a cold Python sendfile server is slower than any agent).
+# It prints; it never fails a test.
 #
 # Env: BENCH_DIR (default /var/tmp/ferric-bench, must be on disk, not tmpfs; images are kept for
 # the next run), BENCH_SIZE_MIB (default 2048), BENCH_RUNS (default 1).
@@ -151,33 +153,35 @@ sleep 0.5
 url=http://127.0.0.1:$port
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# Drop caches, then warm the served file so the server is not what is measured.
+fresh() { drop_caches; cat "$dir/$1" >/dev/null; }
 now() { date +%s.%N; }
 # CPU seconds (user+sys) of a pid from /proc/PID/stat.
 cpu_of() { awk -v t="$(getconf CLK_TCK)" '{print ($14+$15)/t}' "/proc/$1/stat"; }
 
 results=()
-record() { results+=("$(printf '%-22s %8.2f %s %8s %8s %6s' "$1" "$2" "$3" "$4" "$5" "$6")"); }
+record() { results+=("$(printf '%-24s %7.2f %7s %7s %9s %7s %6s' "$@")"); }
 
 floor_dd=999999
 floor_net=999999
 run_floors() {
-  drop_caches
+  fresh disk.raw
   local t0 t1 out
   t0=$(now)
   dd if="$dir/disk.raw" of="$loop" bs=4M oflag=direct conv=fsync status=none
   t1=$(now)
   local dd_s
   dd_s=$(echo "$t1 - $t0" | bc -l)
-  record "floor dd oflag=direct" "$dd_s" "  -  " "-" "-" "-"
+  record "floor: dd oflag=direct" "$dd_s" - - - - -
   floor_dd=$(echo "if ($dd_s < $floor_dd) $dd_s else $floor_dd" | bc -l)
-  drop_caches
+  fresh disk.raw
   out=$( { /usr/bin/time -f '%M %U %S' "$floor" "$url/disk.raw" "$loop" sha256; } 2>&1 )
   local secs rss cpu
   secs=$(echo "$out" | sed -n 's/^floor: .* in \([0-9.]*\) s.*/\1/p')
   rss=$(echo "$out" | tail -1 | awk '{printf "%d", $1/1024}')
   cpu=$(echo "$out" | tail -1 | awk '{printf "%.2f", $2+$3}')
   grep -q "$(cat "$dir/disk.raw.sha256")" <<<"$out" || echo "floor digest mismatch: $out" >&2
-  record "floor GET+sha256+write" "$secs" "  -  " "${rss}M" "$cpu" "0"
+  record "floor: GET+sha256+write" "$secs" - - "${rss}M" "$cpu" 0
   floor_net=$(echo "if ($secs < $floor_net) $secs else $floor_net" | bc -l)
 }
 
@@ -185,7 +189,7 @@ deploy() { # file disk_format
   local file=$1 fmt=$2 tok=benchtoken api_port tmpd
   api_port=$((port + 1))
   tmpd=$(mktemp -d "$dir/agent-tmp.XXXX")
-  drop_caches
+  fresh "$file"
   TMPDIR=$tmpd RUST_LOG=info "$agent" --standalone --agent-token "$tok" \
     --listen "127.0.0.1:$api_port" --install-device "$loop" >"$dir/agent-$file.log" 2>&1 &
   agent_pid=$!
@@ -205,19 +209,20 @@ deploy() { # file disk_format
   secs=$(echo "$t1 - $t0" | bc -l)
   rss=$(awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$agent_pid/status")
   cpu=$(echo "$(cpu_of "$agent_pid") - $cpu0" | bc -l | awk '{printf "%.2f", $1}')
-  tmp_bytes=$(du -sb "$tmpd" | cut -f1)
+  tmp_bytes=$(find "$tmpd" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
   kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null || true
   agent_pid=
   rm -rf "$tmpd"
   status=$(echo "$resp" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("command_status"))' 2>/dev/null || echo "?")
   if [ "$status" != SUCCEEDED ]; then
     echo "deploy of $file: $status: $resp" >&2
-    record "agent $file (FAILED)" "$secs" "  -  " "${rss}M" "$cpu" "$tmp_bytes"
+    record "agent $file (FAILED)" "$secs" - - "${rss}M" "$cpu" "$tmp_bytes"
     return
   fi
-  local ratio
-  ratio=$(echo "$secs / $floor_net" | bc -l | awk '{printf "%5.2fx", $1}')
-  record "agent $file" "$secs" "$ratio" "${rss}M" "$cpu" "$tmp_bytes"
+  local r_net r_dd
+  r_net=$(echo "$secs / $floor_net" | bc -l | awk '{printf "%.2fx", $1}')
+  r_dd=$(echo "$secs / $floor_dd" | bc -l | awk '{printf "%.2fx", $1}')
+  record "agent $file" "$secs" "$r_net" "$r_dd" "${rss}M" "$cpu" "$tmp_bytes"
 }
 
 verify_device() { # the device must hold the raw image after every deploy of it
@@ -237,7 +242,7 @@ for _ in $(seq "$runs"); do
   v_gz=$(verify_device)
 done
 
-printf '\n%-22s %8s %6s %8s %8s %6s\n' "run" "wall s" "ratio" "peak RSS" "CPU s" "tmp B"
+printf '\n%-24s %7s %7s %7s %9s %7s %6s\n' "run" "wall s" "/stream" "/dd" "peak RSS" "CPU s" "tmp B"
 printf '%s\n' "${results[@]}"
 printf '\nfloor (best GET+sha256+write): %.2f s; dd oflag=direct: %.2f s; device read back: raw %s, qcow2 %s, gzip %s\n' \
   "$floor_net" "$floor_dd" "$v_raw" "$v_qcow" "$v_gz"
