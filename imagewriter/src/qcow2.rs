@@ -506,9 +506,12 @@ impl Recent {
 
 impl<'r> Qcow2Stream<'r> {
     /// A converter; `ranges` re-reads parts of the file when metadata comes after data (none
-    /// for a qcow2 inside a compressed container). `bounded`: refuse a file larger than twice
-    /// the virtual size plus 64 MiB (a decompression bomb posing as a qcow2).
-    pub fn new(ranges: Option<&'r dyn RangeSource>, bounded: bool) -> Qcow2Stream<'r> {
+    /// for a qcow2 inside a compressed container). A file larger than three times its virtual
+    /// size plus 64 MiB is refused as soon as it gets there: a server sending endless bytes, or
+    /// a decompression bomb posing as a qcow2, must not keep the converter busy forever (the
+    /// digest would only fail at an end that never comes). Only internal snapshots could make a
+    /// real image that large, and deploy images have none.
+    pub fn new(ranges: Option<&'r dyn RangeSource>) -> Qcow2Stream<'r> {
         Qcow2Stream {
             ranges,
             prefix: Some(Vec::new()),
@@ -518,7 +521,7 @@ impl<'r> Qcow2Stream<'r> {
             late: Vec::new(),
             unknown: Vec::new(),
             open_unknown: None,
-            max_file: if bounded { Some(u64::MAX) } else { None },
+            max_file: None,
             scratch: Vec::new(),
             recent: std::collections::VecDeque::new(),
             recent_len: 0,
@@ -637,9 +640,7 @@ impl<'r> Qcow2Stream<'r> {
             hdr.l1_size,
             hdr.compression
         );
-        if let Some(max) = self.max_file.as_mut() {
-            *max = hdr.size.saturating_mul(2).saturating_add(64 << 20);
-        }
+        self.max_file = Some(hdr.size.saturating_mul(3).saturating_add(64 << 20));
         let cov = hdr.l2_coverage();
         for i in 0..needed_l1 {
             let at = (hdr.l1_offset + i * 8) as usize;

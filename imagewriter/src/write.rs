@@ -650,7 +650,7 @@ fn convert(
     let mut reread = 0;
     match detected.inner {
         ImageFormat::Qcow2 => {
-            let mut q = Qcow2Stream::new(opts.ranges, false);
+            let mut q = Qcow2Stream::new(opts.ranges);
             q.feed_chunk(&first, 0, sink)?;
             drop(first);
             while let Some((chunk, from)) = source.next_chunk()? {
@@ -765,8 +765,8 @@ impl Inner<'_, '_> {
         )?;
         self.detected = Some(detected);
         if detected.inner == ImageFormat::Qcow2 {
-            // No range requests into a decompressed stream; a bounded file size.
-            let mut q = Box::new(Qcow2Stream::new(None, true));
+            // No range requests into a decompressed stream.
+            let mut q = Box::new(Qcow2Stream::new(None));
             q.feed(&buf, self.sink)?;
             self.state = InnerState::Qcow2(q);
             Ok(())

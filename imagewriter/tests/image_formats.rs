@@ -366,3 +366,26 @@ fn short_reads_and_injected_errors_property() {
         }
     }
 }
+
+#[test]
+fn endless_bytes_after_a_qcow2_are_cut_off() {
+    // A server that keeps sending after the qcow2 (no Content-Length): the converter stops at
+    // 3x the virtual size + 64 MiB instead of reading forever.
+    let file = fixture("v3-64k.qcow2");
+    let expected = sha256(&file);
+    let opts = StreamOptions {
+        content_length: None,
+        expected: &expected,
+        disk_format: Some("qcow2"),
+        permitted_formats: None,
+        ranges: None,
+    };
+    let endless = std::io::Read::chain(Cursor::new(file), std::io::repeat(0));
+    let dev = disk(10 * MIB);
+    let err = write_stream_with(endless, &opts, dev.path(), &no_progress).unwrap_err();
+    assert!(
+        matches!(err, ImageError::InvalidImage(ref m) if m.contains("larger than")),
+        "{err:?}"
+    );
+    assert_wiped(dev.path());
+}
