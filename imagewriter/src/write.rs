@@ -66,6 +66,10 @@ pub struct ImageSpec {
     /// default `raw, gpt, qcow2, iso`); `None` when Ironic sent none. Not part of `image_info`:
     /// [`ImageSpec::from_image_info`] leaves it `None` and the agent sets it.
     pub permitted_formats: Option<Vec<String>>,
+    /// A second digest to verify in parallel with `expected` (for instance the legacy md5
+    /// `checksum` Glance also records, when an operator wants both). IPA verifies one; so does
+    /// [`ImageSpec::from_image_info`], which leaves this `None`.
+    pub also_verify: Option<ExpectedDigest>,
 }
 
 impl ImageSpec {
@@ -107,6 +111,7 @@ impl ImageSpec {
             http,
             disk_format,
             permitted_formats: None,
+            also_verify: None,
         })
     }
 }
@@ -371,6 +376,8 @@ pub struct WriteReport {
     pub bytes_reread: u64,
     /// Whether data went to the device with O_DIRECT.
     pub direct_io: bool,
+    /// The second digest verified (`StreamOptions::also`), if one was asked.
+    pub also_digest_hex: Option<String>,
 }
 
 /// How [`write_stream_with`] treats a stream.
@@ -386,6 +393,8 @@ pub struct StreamOptions<'a> {
     pub permitted_formats: Option<&'a [String]>,
     /// Random access to the same file, for qcow2 images whose tables follow their data.
     pub ranges: Option<&'a dyn RangeSource>,
+    /// A second digest to verify, computed in parallel with the first.
+    pub also: Option<&'a ExpectedDigest>,
 }
 
 /// Download `spec` and write it onto `device`: [`open_image`] + [`write_stream_with`], with
@@ -414,6 +423,7 @@ pub fn write_image(
         disk_format: spec.disk_format.as_deref(),
         permitted_formats: spec.permitted_formats.as_deref(),
         ranges: Some(&ranges),
+        also: spec.also_verify.as_ref(),
     };
     write_stream_with(stream, &opts, device, progress)
 }
@@ -443,6 +453,7 @@ pub fn write_stream<R: Read + Send>(
         disk_format: Some("raw"),
         permitted_formats: None,
         ranges: None,
+        also: None,
     };
     write_stream_with(src, &opts, device, progress)
 }
@@ -460,8 +471,12 @@ pub fn write_stream_with<R: Read + Send>(
     let disk = Disk::open(device)?;
     let pool = Pool::new(4 * DEPTH + 4);
     let algo = opts.expected.algo;
-
-    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(DEPTH);
+    // One hasher thread per digest: two digests cost no wall time on two cores.
+    let wanted: Vec<&ExpectedDigest> = std::iter::once(opts.expected).chain(opts.also).collect();
+    let (hash_txs, hash_rxs): (Vec<_>, Vec<_>) = wanted
+        .iter()
+        .map(|_| mpsc::sync_channel::<Chunk>(DEPTH))
+        .unzip();
     let (conv_tx, conv_rx) = mpsc::sync_channel::<ChunkResult>(DEPTH);
     let (op_tx, op_rx) = mpsc::sync_channel::<WriteOp>(DEPTH);
 
@@ -472,19 +487,24 @@ pub fn write_stream_with<R: Read + Send>(
         let download = std::thread::Builder::new()
             .name("image-download".into())
             .spawn_scoped(scope, move || {
-                download_stage(src, content_length, progress, &pool_dl, hash_tx, conv_tx)
+                download_stage(src, content_length, progress, &pool_dl, hash_txs, conv_tx)
             })
             .map_err(spawn_err)?;
-        let hasher = std::thread::Builder::new()
-            .name("image-hash".into())
-            .spawn_scoped(scope, move || {
-                let mut h = StreamHasher::new(algo);
-                for chunk in hash_rx {
-                    h.update(chunk.bytes());
-                }
-                h.finalize_hex()
-            })
-            .map_err(spawn_err)?;
+        let mut hashers = Vec::new();
+        for (i, (rx, want)) in hash_rxs.into_iter().zip(&wanted).enumerate() {
+            let algo = want.algo;
+            let h = std::thread::Builder::new()
+                .name(format!("image-hash-{i}"))
+                .spawn_scoped(scope, move || {
+                    let mut h = StreamHasher::new(algo);
+                    for chunk in rx {
+                        h.update(chunk.bytes());
+                    }
+                    h.finalize_hex()
+                })
+                .map_err(spawn_err)?;
+            hashers.push(h);
+        }
         let disk_ref = &disk;
         let writer = std::thread::Builder::new()
             .name("image-writer".into())
@@ -497,7 +517,6 @@ pub fn write_stream_with<R: Read + Send>(
         // Closing our end stops the download stage if it is still going (on failure).
         drop(source);
         let mut committed = sink.committed();
-        let writer_gone = sink.writer_gone();
         let finished = converted.and_then(|c| {
             committed = true;
             sink.finish().map(|(head, end)| (c, head, end))
@@ -508,11 +527,14 @@ pub fn write_stream_with<R: Read + Send>(
             .join()
             .unwrap_or_else(|_| Err(panicked("image writer")));
         let downloaded = download.join().map_err(|_| panicked("image download"));
-        let digest = hasher.join().map_err(|_| panicked("image hash"));
+        let digest: Result<Vec<String>, ImageError> = hashers
+            .into_iter()
+            .map(|h| h.join().map_err(|_| panicked("image hash")))
+            .collect();
         let result = match (finished, written) {
-            // The writer's error is the cause when it stopped first.
+            // The writer's error is the cause when it stopped first (the converter then only
+            // saw a closed channel).
             (_, Err(w)) => Err(w),
-            (Err(e), Ok(_)) if writer_gone => Err(e),
             (Err(e), Ok(_)) => Err(e),
             (Ok(done), Ok(stats)) => downloaded.and_then(|n| digest.map(|d| (done, stats, n, d))),
         };
@@ -523,16 +545,20 @@ pub fn write_stream_with<R: Read + Send>(
         Err(e) => (Err(e), false),
     };
     let fail = |e: ImageError| if committed { disk.fail(e) } else { e };
-    let ((conv, head, end), stats, downloaded, actual) = result.map_err(fail)?;
+    let ((conv, head, end), stats, downloaded, mut actuals) = result.map_err(fail)?;
 
     // Phase 3: verify, then commit the first MiB.
-    if !opts.expected.matches(&actual) {
-        return Err(disk.fail(ImageError::ChecksumMismatch {
-            algo: algo.to_string(),
-            expected: opts.expected.hex.clone(),
-            actual,
-        }));
+    for (want, got) in wanted.iter().zip(&actuals) {
+        if !want.matches(got) {
+            return Err(disk.fail(ImageError::ChecksumMismatch {
+                algo: want.algo.to_string(),
+                expected: want.hex.clone(),
+                actual: got.clone(),
+            }));
+        }
     }
+    let also_digest_hex = actuals.get(1).cloned();
+    let actual = actuals.swap_remove(0);
     disk.write_at(&head, 0)
         .and_then(|()| {
             disk.file
@@ -568,6 +594,7 @@ pub fn write_stream_with<R: Read + Send>(
         bytes_zeroed: stats.zeroed_bytes,
         bytes_reread: conv.reread,
         direct_io: stats.direct,
+        also_digest_hex,
     })
 }
 
@@ -582,7 +609,7 @@ fn download_stage<R: Read>(
     content_length: Option<u64>,
     progress: &(dyn Fn(Progress) + Sync),
     pool: &std::sync::Arc<Pool>,
-    hash_tx: mpsc::SyncSender<Chunk>,
+    hash_txs: Vec<mpsc::SyncSender<Chunk>>,
     conv_tx: mpsc::SyncSender<ChunkResult>,
 ) -> u64 {
     let mut reader = ProgressReader::new(
@@ -603,9 +630,11 @@ fn download_stage<R: Read>(
         if n > 0 {
             b.set_len(n);
             let chunk = b.freeze();
-            if hash_tx.send(chunk.share()).is_err() {
-                let _ = conv_tx.send(Err(panicked("image hash")));
-                return reader.bytes_done();
+            for tx in &hash_txs {
+                if tx.send(chunk.share()).is_err() {
+                    let _ = conv_tx.send(Err(panicked("image hash")));
+                    return reader.bytes_done();
+                }
             }
             if conv_tx.send(Ok(chunk)).is_err() {
                 // The converter stopped; its error is the one reported.

@@ -34,6 +34,7 @@ fn write(
         disk_format,
         permitted_formats: permitted,
         ranges,
+        also: None,
     };
     write_stream_with(Cursor::new(file.to_vec()), &opts, dev.path(), &no_progress)
 }
@@ -336,6 +337,7 @@ fn short_reads_and_injected_errors_property() {
                 disk_format: fmt,
                 permitted_formats: None,
                 ranges: None,
+                also: None,
             };
             let src = Jittery {
                 data: file.clone(),
@@ -379,12 +381,55 @@ fn endless_bytes_after_a_qcow2_are_cut_off() {
         disk_format: Some("qcow2"),
         permitted_formats: None,
         ranges: None,
+        also: None,
     };
     let endless = std::io::Read::chain(Cursor::new(file), std::io::repeat(0));
     let dev = disk(10 * MIB);
     let err = write_stream_with(endless, &opts, dev.path(), &no_progress).unwrap_err();
     assert!(
         matches!(err, ImageError::InvalidImage(ref m) if m.contains("larger than")),
+        "{err:?}"
+    );
+    assert_wiped(dev.path());
+}
+
+#[test]
+fn two_digests_are_verified_together() {
+    let image = image_bytes(5 * MIB + 99, 42);
+    let sha = sha256(&image);
+    let md5_hex: String = {
+        use md5::Digest as _;
+        md5::Md5::digest(&image)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let md5 = ExpectedDigest::new(HashAlgo::Md5, &md5_hex).unwrap();
+    let opts = StreamOptions {
+        content_length: Some(image.len() as u64),
+        expected: &sha,
+        disk_format: Some("raw"),
+        permitted_formats: None,
+        ranges: None,
+        also: Some(&md5),
+    };
+    let dev = disk(8 * MIB);
+    let report =
+        write_stream_with(Cursor::new(image.clone()), &opts, dev.path(), &no_progress).unwrap();
+    assert_eq!(report.digest_hex, sha256_hex(&image));
+    assert_eq!(report.also_digest_hex.as_deref(), Some(md5_hex.as_str()));
+
+    // The second digest alone failing fails the write and wipes the disk.
+    let wrong = ExpectedDigest::new(HashAlgo::Md5, &"0".repeat(32)).unwrap();
+    let opts = StreamOptions {
+        also: Some(&wrong),
+        ..opts
+    };
+    let dev = disk(8 * MIB);
+    let err = write_stream_with(Cursor::new(image), &opts, dev.path(), &no_progress).unwrap_err();
+    assert!(
+        matches!(err, ImageError::ChecksumMismatch { ref algo, ref actual, .. }
+            if algo == "md5" && actual == &md5_hex),
         "{err:?}"
     );
     assert_wiped(dev.path());

@@ -77,6 +77,7 @@ fn write(file: &[u8], format: &str, dev: &Path) -> ferric_imagewriter::write::Wr
         disk_format: Some(format),
         permitted_formats: None,
         ranges: None,
+        also: None,
     };
     write_stream_with(Cursor::new(file.to_vec()), &opts, dev, &|_| {}).unwrap()
 }
