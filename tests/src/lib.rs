@@ -25,6 +25,7 @@ pub mod fake_ironic;
 pub mod fixtures;
 pub mod image_server;
 pub mod loopdev;
+pub mod qemu;
 pub mod recordings;
 mod server;
 pub mod util;
