@@ -1,12 +1,19 @@
 //! `fake-conductor`: serves the fake Ironic API and an image server, drives one deploy of
 //! `--image` (with a config drive) onto whatever agent looks up with `--mac`, prints phases and
 //! timings, and exits 0 when the node reaches `active` (1 on `deploy failed` or timeout).
-//! Used by the demo and the QEMU test.
+//! Used by the demos (`scripts/demo.sh` boots the ramdisk in QEMU, `scripts/demo-loop.sh`
+//! runs the agent on this host).
+//!
+//! Every time printed is in seconds since the fake Ironic started; the first line gives that
+//! instant as a Unix time (`time base unix=…`) so a script can relate it to other events
+//! (e.g. a VM's power-on). The last line on success is machine-readable:
+//! `fake-conductor: timings first_lookup=S first_heartbeat=S started=S write_image_sent=S
+//! write_image_done=S power_off_sent=S active=S` (`-` for an event that did not happen).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use ferric_tests::conductor::{Conductor, DeployPlan, Plan};
@@ -21,6 +28,9 @@ usage: fake-conductor [options]
   --image-listen HOST:PORT  image server address (default 127.0.0.1:8089)
   --image FILE              whole-disk raw image to deploy (required)
   --image-name NAME         name served by the image server (default: disk.raw)
+  --image-url-host HOST     host put in the image URL given to the agent (default: the
+                            image server's listen address). With QEMU user networking the
+                            guest reaches the host's 127.0.0.1 as 10.0.2.2.
   --configdrive FILE|none   base64 gzip ISO text, a gzip ISO, or a raw ISO
                             (default: the config drive from recording 01)
   --mac MAC                 a port MAC of the node (repeatable; default 52:54:00:12:34:56)
@@ -36,6 +46,7 @@ struct Args {
     image_listen: SocketAddr,
     image: PathBuf,
     image_name: String,
+    image_url_host: Option<String>,
     configdrive: Option<String>,
     macs: Vec<String>,
     node_uuid: Option<String>,
@@ -52,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         image_listen: "127.0.0.1:8089".parse().expect("literal"),
         image: PathBuf::new(),
         image_name: "disk.raw".into(),
+        image_url_host: None,
         configdrive: Some(configdrive_b64().to_string()),
         macs: Vec::new(),
         node_uuid: None,
@@ -72,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--image" => a.image = PathBuf::from(val()?),
             "--image-name" => a.image_name = val()?,
+            "--image-url-host" => a.image_url_host = Some(val()?),
             "--configdrive" => {
                 let v = val()?;
                 a.configdrive = if v == "none" {
@@ -173,17 +186,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut plan = DeployPlan::whole_disk_raw(
-        &images.url(&args.image_name),
-        &sha,
-        args.configdrive.clone(),
-    );
+    let image_url = match &args.image_url_host {
+        Some(host) => format!(
+            "http://{}/{}",
+            SocketAddrText(host, images.addr().port()),
+            args.image_name
+        ),
+        None => images.url(&args.image_name),
+    };
+    let mut plan = DeployPlan::whole_disk_raw(&image_url, &sha, args.configdrive.clone());
     plan.boot_mode = args.boot_mode.clone();
+    let base_unix = SystemTime::now()
+        .checked_sub(ironic.elapsed())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .unwrap_or_default();
     println!(
-        "fake-conductor: Ironic API {} ; image {} ({} bytes, sha256 {sha}) ; node {} ; macs {}",
+        "fake-conductor: time base unix={:.3} ; Ironic API {} ; image {image_url} ({} bytes, \
+         sha256 {sha}) served on {} ; node {} ; macs {}",
+        base_unix.as_secs_f64(),
         ironic.url(),
-        images.url(&args.image_name),
         image.len(),
+        images.addr(),
         ironic.node().uuid,
         args.macs.join(",")
     );
@@ -191,8 +214,17 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let mut last = (String::new(), String::new());
     let mut seen_cmds = 0;
+    let (mut lookup_shown, mut heartbeat_shown) = (false, false);
     loop {
         let st = conductor.status();
+        if let (false, Some(t)) = (lookup_shown, st.timings.first_lookup) {
+            println!("[{:7.2}s] first lookup from the agent", t.as_secs_f64());
+            lookup_shown = true;
+        }
+        if let (false, Some(t)) = (heartbeat_shown, st.timings.first_heartbeat) {
+            println!("[{:7.2}s] first heartbeat from the agent", t.as_secs_f64());
+            heartbeat_shown = true;
+        }
         let now = (st.provision_state.clone(), st.phase.clone());
         if now != last {
             println!(
@@ -218,7 +250,23 @@ fn main() -> ExitCode {
         seen_cmds = st.commands.len();
         match st.provision_state.as_str() {
             "active" => {
-                println!("fake-conductor: node active; timings: {:?}", st.timings);
+                let t = &st.timings;
+                let s = |d: Option<Duration>| {
+                    d.map(|d| format!("{:.2}", d.as_secs_f64()))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let power_off = st.sent("standby.power_off").first().map(|c| c.at);
+                println!(
+                    "fake-conductor: timings first_lookup={} first_heartbeat={} started={} \
+                     write_image_sent={} write_image_done={} power_off_sent={} active={}",
+                    s(t.first_lookup),
+                    s(t.first_heartbeat),
+                    s(t.started),
+                    s(t.main_step_sent),
+                    s(t.main_step_done),
+                    s(power_off),
+                    s(t.done)
+                );
                 return ExitCode::SUCCESS;
             }
             "deploy failed" => {
@@ -241,5 +289,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `host:port`, bracketing an IPv6 literal.
+struct SocketAddrText<'a>(&'a str, u16);
+
+impl std::fmt::Display for SocketAddrText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.contains(':') && !self.0.starts_with('[') {
+            write!(f, "[{}]:{}", self.0, self.1)
+        } else {
+            write!(f, "{}:{}", self.0, self.1)
+        }
     }
 }
