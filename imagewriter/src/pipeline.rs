@@ -340,10 +340,17 @@ impl Disk {
     /// A handle on a regular file for unit tests.
     #[cfg(test)]
     pub fn from_file(file: File, path: &Path) -> Disk {
+        Disk::from_files(file, None, path)
+    }
+
+    /// A regular file with a separate handle standing in for the O_DIRECT one (unit tests
+    /// inject write errors through it).
+    #[cfg(test)]
+    pub fn from_files(file: File, direct: Option<File>, path: &Path) -> Disk {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Disk {
             file,
-            direct: None,
+            direct,
             size,
             path: path.to_path_buf(),
             is_block: false,

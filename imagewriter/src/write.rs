@@ -469,6 +469,17 @@ pub fn write_stream_with<R: Read + Send>(
     let started = Instant::now();
     check_declared(opts.disk_format)?;
     let disk = Disk::open(device)?;
+    write_on(disk, src, opts, progress, started)
+}
+
+/// [`write_stream_with`] on an open [`Disk`].
+fn write_on<R: Read + Send>(
+    disk: Disk,
+    src: R,
+    opts: &StreamOptions<'_>,
+    progress: &(dyn Fn(Progress) + Sync),
+    started: Instant,
+) -> Result<WriteReport, ImageError> {
     let pool = Pool::new(4 * DEPTH + 4);
     let algo = opts.expected.algo;
     // One hasher thread per digest: two digests cost no wall time on two cores.
@@ -1057,6 +1068,48 @@ mod tests {
         // The download stopped soon after the converter failed instead of draining 40 MiB.
         let read = counted.load(std::sync::atomic::Ordering::SeqCst);
         assert!(read < 40 << 20, "read {read} bytes");
+    }
+
+    #[test]
+    fn device_write_errors_stop_the_pipeline_and_wipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0xAAu8; 64 << 20]).unwrap();
+        // Buffered handle writable (ends can be zeroed), "direct" handle read-only: every data
+        // write of the writer stage fails with EBADF, as a dying disk would with EIO.
+        let rw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let ro = std::fs::File::open(&path).unwrap();
+        let disk = Disk::from_files(rw, Some(ro), &path);
+        let counted = std::sync::atomic::AtomicUsize::new(0);
+        let src = Counted {
+            inner: std::io::repeat(7).take(40 << 20),
+            count: &counted,
+        };
+        let expected = ExpectedDigest::new(HashAlgo::Sha256, &"0".repeat(64)).unwrap();
+        let opts = StreamOptions {
+            content_length: None,
+            expected: &expected,
+            disk_format: Some("raw"),
+            permitted_formats: None,
+            ranges: None,
+            also: None,
+        };
+        let err = write_on(disk, src, &opts, &|_| {}, Instant::now()).unwrap_err();
+        match err {
+            ImageError::Io { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EBADF)),
+            other => panic!("expected the writer's Io error, got {other:?}"),
+        }
+        let read = counted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            read < 40 << 20,
+            "the download went on after the writer died: {read}"
+        );
+        let d = std::fs::read(&path).unwrap();
+        assert!(d[..1 << 20].iter().all(|&b| b == 0), "first MiB not wiped");
+        assert!(
+            d[(63 << 20)..].iter().all(|&b| b == 0),
+            "last MiB not wiped"
+        );
     }
 
     /// Counts the bytes read through it.
