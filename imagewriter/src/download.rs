@@ -9,6 +9,10 @@
 //! `timeout` per operation, not to the whole transfer, so a long image download is not cut off
 //! while a stalled server is). Opening a URL is retried on connection errors, timeouts and 5xx,
 //! never on 4xx, as IPA does (`standby._download_with_proxy`).
+//!
+//! Beyond IPA: an image download that drops mid-body resumes with `Range` + `If-Range` when the
+//! server gave a length and a validator (see [`ImageStream`]), and [`HttpRanges`] re-reads byte
+//! ranges of the same file for qcow2 images whose tables follow their data.
 
 use std::collections::BTreeMap;
 use std::fmt;

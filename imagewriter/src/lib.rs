@@ -8,8 +8,8 @@
 //! - [`sys`]: the block-device ioctls (the only `unsafe` in the crate).
 //! - [`checksum`]: streaming md5/sha256/sha512 and checksum-file parsing.
 //! - [`download`]: HTTP(S) fetching of images, checksum files and config drives.
-//! - [`write`]: the image write (hold back the first MiB, verify, then commit).
-//! - [`format`]: which formats are written and which refused (from the bytes).
+//! - [`write`](mod@write): the image write (hold back the first MiB, verify, then commit).
+//! - [`format`](mod@format): which formats are written and which refused (from the bytes).
 //! - [`qcow2`]: qcow2 → raw while streaming.
 //! - [`pipeline`]: the download/hash/convert/write stages and their buffers.
 //! - [`partition`]: in-process GPT/MBR reading and editing.
