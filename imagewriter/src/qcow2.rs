@@ -610,7 +610,11 @@ impl<'r> Qcow2Stream<'r> {
             });
         }
         let needed_l1 = hdr.size.div_ceil(hdr.l2_coverage());
-        let l1_end = hdr.l1_offset + needed_l1 * 8;
+        let l1_end = if needed_l1 == 0 {
+            0
+        } else {
+            hdr.l1_offset.saturating_add(needed_l1 * 8)
+        };
         if l1_end > PREFIX_LIMIT as u64 {
             return Err(ImageError::UnsupportedFormat(format!(
                 "qcow2 L1 table at offset {} ends beyond the first {} MiB of the file; \
