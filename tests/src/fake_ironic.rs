@@ -261,6 +261,34 @@ pub struct HeartbeatEvent {
     pub dropped: bool,
 }
 
+/// A scripted answer for fault injection: a delay, and optionally a raw answer replacing the
+/// normal one (garbage JSON, a lookup without `config`, a 500 from an endpoint that has no
+/// status script).
+#[derive(Clone, Debug, Default)]
+pub struct ScriptedReply {
+    /// Wait this long before answering (the agent's HTTP timeout may fire first).
+    pub delay: Duration,
+    /// Answer this status and raw body instead of the normal answer; `None`: answer normally
+    /// after the delay.
+    pub replace: Option<(u16, Vec<u8>)>,
+}
+
+struct Scripted {
+    method: String,
+    path: String,
+    reply: ScriptedReply,
+}
+
+impl Scripted {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.method == method
+            && (path == self.path
+                || (self.path.len() > 1
+                    && self.path.ends_with('/')
+                    && path.starts_with(&self.path)))
+    }
+}
+
 struct Inner {
     cfg: FakeIronicConfig,
     base_url: String,
@@ -268,6 +296,7 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     lookup_script: VecDeque<u16>,
     heartbeat_script: VecDeque<u16>,
+    reply_script: VecDeque<Scripted>,
     busy: bool,
     subscriber: Option<mpsc::Sender<HeartbeatEvent>>,
     heartbeats: Vec<HeartbeatEvent>,
@@ -372,6 +401,7 @@ impl FakeIronic {
                 requests: Vec::new(),
                 lookup_script: VecDeque::new(),
                 heartbeat_script: VecDeque::new(),
+                reply_script: VecDeque::new(),
                 busy: false,
                 subscriber: None,
                 heartbeats: Vec::new(),
@@ -464,6 +494,22 @@ impl FakeIronic {
     /// heartbeats with the old one get 400.
     pub fn wipe_token(&self) {
         self.handle().wipe_token();
+    }
+
+    /// Makes the next `times` requests with `method` and a path matching `path` get `reply` (a
+    /// delay and/or a raw answer) instead of the normal processing. `path` matches itself
+    /// exactly (`/`, `/v1/lookup`), or every path under it when it ends with `/` and is not
+    /// `/` (`/v1/heartbeat/`). Scripted replies are used in the order they were added, before
+    /// [`FakeIronic::script_lookup`] and [`FakeIronic::script_heartbeat`].
+    pub fn script_reply(&self, method: &str, path: &str, reply: ScriptedReply, times: usize) {
+        let mut g = self.shared.lock();
+        for _ in 0..times {
+            g.reply_script.push_back(Scripted {
+                method: method.to_string(),
+                path: path.to_string(),
+                reply: reply.clone(),
+            });
+        }
     }
 
     /// A handle on the node state for another thread (the conductor).
@@ -596,10 +642,34 @@ async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         Err(e) => Err(e.to_string()),
     };
     let query = parse_query(raw_query.as_deref());
+    let scripted = {
+        let mut g = shared.lock();
+        let pos = g
+            .reply_script
+            .iter()
+            .position(|s| s.matches(&method, &path));
+        pos.and_then(|i| g.reply_script.remove(i))
+    };
+    if let Some(s) = &scripted {
+        if !s.reply.delay.is_zero() {
+            tokio::time::sleep(s.reply.delay).await;
+        }
+    }
     let mut g = shared.lock();
     let (reply, body) = match body {
         Ok(body) => {
-            let r = route(&mut g, at, &method, &path, &query, &headers, &body);
+            let r = match scripted.and_then(|s| s.reply.replace) {
+                Some((status, raw)) => {
+                    let mut headers = version_headers(None);
+                    headers.push(("Content-Type".into(), "application/json".into()));
+                    Reply {
+                        status,
+                        headers,
+                        body: raw,
+                    }
+                }
+                None => route(&mut g, at, &method, &path, &query, &headers, &body),
+            };
             (r, body)
         }
         Err(e) => (
@@ -1062,6 +1132,21 @@ mod tests {
         let v: Value = serde_json::from_str(&ironic_error_body(500, "x")).unwrap();
         let inner: Value = serde_json::from_str(v["error_message"].as_str().unwrap()).unwrap();
         assert_eq!(inner["faultcode"], "Server");
+    }
+
+    #[test]
+    fn scripted_paths_match_exactly_or_below_a_trailing_slash() {
+        let s = |path: &str| Scripted {
+            method: "GET".into(),
+            path: path.into(),
+            reply: ScriptedReply::default(),
+        };
+        assert!(s("/").matches("GET", "/"));
+        assert!(!s("/").matches("GET", "/v1/lookup"));
+        assert!(s("/v1/lookup").matches("GET", "/v1/lookup"));
+        assert!(!s("/v1/lookup").matches("POST", "/v1/lookup"));
+        assert!(!s("/v1/lookup").matches("GET", "/v1/lookup/x"));
+        assert!(s("/v1/heartbeat/").matches("GET", "/v1/heartbeat/abc"));
     }
 
     #[test]
