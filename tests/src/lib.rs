@@ -23,6 +23,7 @@ pub mod disk_layout;
 pub mod e2e;
 pub mod fake_ironic;
 pub mod fixtures;
+pub mod hostile;
 pub mod image_server;
 pub mod loopdev;
 pub mod qemu;
