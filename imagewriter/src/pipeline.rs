@@ -5,14 +5,14 @@
 //! channels so memory stays bounded whatever the image size:
 //!
 //! ```text
-//! image-download ──chunks──▶ image-hash            (digest of the downloaded bytes)
+//! image-download ──chunks──▶ image-hash-0 [, image-hash-1]   (digests of the downloaded bytes)
 //!        │
 //!        └──────chunks──▶ converter (caller's thread) ──WriteOps──▶ image-writer ──▶ device
 //! ```
 //!
 //! - `image-download` reads the source (length check, progress) into 1 MiB page-aligned
-//!   [`Chunk`]s and hands each to both the hasher and the converter (shared, not copied).
-//! - `image-hash` feeds every chunk to the digest.
+//!   [`Chunk`]s and hands each to the hashers and the converter (shared, not copied).
+//! - `image-hash-N` feeds every chunk to one digest (a second digest gets its own thread).
 //! - The converter ([`crate::write`]) detects the format, unwraps gzip/zstd/xz, turns qcow2 into
 //!   guest writes, and emits [`WriteOp`]s through a [`Sink`], which holds back the first MiB.
 //! - `image-writer` ([`run_writer`]) writes data with O_DIRECT where the device allows it,
