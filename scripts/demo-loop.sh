@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo: one whole deploy, the way an Ironic conductor drives it.
+# The fast demo (no VM; scripts/demo.sh boots the real ramdisk in QEMU instead): one whole
+# deploy, the way an Ironic conductor drives it, with the agent running on this host.
 #
 #   fake Ironic conductor + image server (127.0.0.1)  <-- lookup/heartbeat --  ferric-agent
 #                         \-- get_deploy_steps, write_image, ... ---------->/      |
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-[ "$(id -u)" -eq 0 ] || { echo "demo.sh needs root (it creates a loop device)" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "demo-loop.sh needs root (it creates a loop device)" >&2; exit 1; }
 ensure_packages
 ensure_rust_targets
 
