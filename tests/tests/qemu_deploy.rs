@@ -227,11 +227,20 @@ fn ramdisk_in_qemu_deploys_a_whole_disk_image_and_powers_off() {
         |a: Option<Duration>, b: Option<Duration>| opt(a.zip(b).map(|(a, b)| b.saturating_sub(a)));
     println!("\n==== ferric ramdisk in QEMU (TCG): whole-disk deploy ====");
     println!(
-        "builds: musl agent {} (cargo, incremental), ramdisk {}",
+        "builds: musl agent {} (cargo; a no-op when up to date), ramdisk {}",
         secs(agent_build),
         secs(ramdisk.build_time)
     );
     println!("power-on -> first lookup      {}", opt(lookup));
+    let at = |needle: &str| vm.find(needle).map(|(t, _)| t);
+    println!(
+        "  boot: kernel running {} (the xz kernel is decompressed under TCG), /init {}, \
+         agent started {}, API listening {}",
+        opt(at("Linux version")),
+        opt(at("Run /init as init process")),
+        opt(at("starting /usr/bin/ferric-agent")),
+        opt(at("ferric-agent listening on"))
+    );
     println!(
         "power-on -> first heartbeat   {}   (target <= 10 s under TCG)",
         opt(heartbeat)
@@ -279,8 +288,10 @@ fn print_agent_lines(vm: &Vm) {
     for needle in [
         "looking up the node",
         "callback URL",
-        "written to device",
-        "synced",
+        "bytes written to",
+        "GPT backup moved",
+        "config drive (",
+        "disks synced",
     ] {
         if let Some((t, line)) = vm.find(needle) {
             println!("  vm [{:6.1}s] {}", t.as_secs_f64(), line.trim());
