@@ -324,6 +324,55 @@ def partition_seeds():
     hybrid = bytearray(small)
     hybrid[0:SECTOR] = mbr([(0x0C, 4, 5), (0xEE, 1, 3)], signature=0x12345678)
     put("partition_table", "gpt-hybrid-mbr", b"\x03" + hybrid)
+    # Edited as for a config drive (flag 4) on a 4 MiB disk (flag 8); see the target.
+    put("partition_table", "edit-gpt-grown", b"\x0f" + small)
+    put("partition_table", "edit-gpt-128-grown", b"\x0f" + std)
+    put("partition_table", "edit-mbr-grown", b"\x0c" + disk)
+    put("partition_table", "edit-mbr-full", b"\x0c" + mbr([(0x83, 1, 1), (0x83, 2, 1), (0x0C, 3, 1), (0x07, 4, 1)]))
+
+
+def qcow2_seeds():
+    """Small qcow2 files from qemu-img (skipped with a note when it is missing), plus the
+    compressed containers format detection unwraps. Flag byte: see fuzz_targets/qcow2.rs."""
+    import shutil
+    import subprocess
+    import tempfile
+    if not shutil.which("qemu-img"):
+        print("qemu-img not found: no qcow2 seeds", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        raw = os.path.join(d, "disk.raw")
+        data = bytearray(256 * 1024)
+        for off in (0, 5000, 70000, 200000):
+            data[off:off + 700] = bytes((i * 7 + off) & 0xFF for i in range(700))
+        data[510:512] = b"\x55\xaa"
+        with open(raw, "wb") as f:
+            f.write(data)
+
+        def convert(name, *opts):
+            out = os.path.join(d, name)
+            subprocess.run(["qemu-img", "convert", "-O", "qcow2", *opts, raw, out], check=True)
+            with open(out, "rb") as f:
+                return f.read()
+
+        put("qcow2", "v3-512", b"\x07" + convert("a", "-o", "cluster_size=512"))
+        put("qcow2", "v2-512", b"\x07" + convert("b", "-o", "cluster_size=512,compat=0.10"))
+        put("qcow2", "v3-4k-deflate", b"\x07" + convert("c", "-c", "-o", "cluster_size=4096"))
+        put("qcow2", "v3-4k-zstd", b"\x07" + convert("d", "-c", "-o", "cluster_size=4096,compression_type=zstd"))
+        small = convert("e", "-o", "cluster_size=1024")
+        put("qcow2", "v3-1k-no-ranges", b"\x01" + small)
+        put("qcow2", "gzip-qcow2", b"\x06" + gzip.compress(small, mtime=0))
+        for tool, name in (("xz", "xz-qcow2"), ("zstd", "zstd-raw")):
+            if shutil.which(tool):
+                payload = small if tool == "xz" else bytes(data[:16384])
+                out = subprocess.run([tool, "-c", "-q"], input=payload, capture_output=True, check=True).stdout
+                put("qcow2", name, b"\x04" + out)
+        back = os.path.join(d, "backed.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw",
+                        "-o", "cluster_size=512", back], check=True)
+        with open(back, "rb") as f:
+            put("qcow2", "backing-file", b"\x07" + f.read())
+        put("qcow2", "raw-mbr", b"\x04" + bytes(data[:2048]))
 
 
 def main():
@@ -335,6 +384,7 @@ def main():
     image_info_seeds()
     hints_seeds(recs)
     partition_seeds()
+    qcow2_seeds()
 
 
 if __name__ == "__main__":

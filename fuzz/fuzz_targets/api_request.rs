@@ -99,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
     let addr = server();
     let mut input = data.to_vec();
     input.extend_from_slice(CLOSING_STATUS);
-    let answer = exchange(addr, &input, Duration::from_millis(300)).expect("connect to the API");
+    let answer = exchange(addr, &input, Duration::from_millis(100)).expect("connect to the API");
     if answer.starts_with(b"HTTP/1.1 5") {
         panic!(
             "the API answered a 5xx to an unauthenticated request: {}",
