@@ -48,6 +48,8 @@ pub const MAX_UNKNOWN_RUNS: usize = 1 << 18;
 pub const MAX_LATE: usize = 1 << 18;
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
+/// qemu `QCOW_MAX_L1_SIZE` / 8.
+const MAX_L1_ENTRIES: u64 = (32 << 20) / 8;
 /// Bits 9–55 of L1 and standard L2 entries: the host offset.
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED: u64 = 1 << 62;
@@ -174,6 +176,13 @@ pub fn parse_header(buf: &[u8], at_eof: bool) -> Result<Option<Header>, ImageErr
         )));
     }
     let l1_size = u64::from(be32(buf, 36));
+    // qemu's QCOW_MAX_L1_SIZE (32 MiB of entries): qemu refuses to open a larger active L1
+    // table ("Active L1 table too large"), so `qemu-img convert` would fail on it too.
+    if l1_size > MAX_L1_ENTRIES {
+        return Err(bad(format!(
+            "active L1 table of {l1_size} entries is too large (qemu allows {MAX_L1_ENTRIES})"
+        )));
+    }
     let l1_offset = be64(buf, 40);
     let (incompat, header_len, compression_type) = if version == 3 {
         let header_len = be32(buf, 100) as usize;
@@ -349,15 +358,15 @@ type UnknownSink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), ImageError> + 'a;
 type L2Table = (u64, Vec<u8>);
 
 /// Feed `data` (file bytes at `*pos`) to `targets` until its end or until an L2 table is
-/// complete; returns the bytes consumed and the completed table, if any. `unknown` receives the
-/// bytes no target wanted.
+/// complete; returns the bytes consumed and the completed tables. `unknown` receives the bytes
+/// no target wanted.
 fn feed(
     targets: &mut Targets,
     pos: &mut u64,
     data: &[u8],
     ctx: &mut Ctx<'_, '_>,
     mut unknown: Option<&mut UnknownSink<'_>>,
-) -> Result<(usize, Option<L2Table>), ImageError> {
+) -> Result<(usize, Vec<L2Table>), ImageError> {
     let mut p = 0usize;
     while p < data.len() {
         let abs = *pos;
@@ -408,7 +417,8 @@ fn feed(
         *pos = b;
         p += n;
         let mut i = 0;
-        let mut table = None;
+        // Several L1 entries may name the same L2 table: all of them complete here.
+        let mut tables = Vec::new();
         while i < targets.active.len() {
             if targets.active[i].end != b {
                 i += 1;
@@ -418,14 +428,14 @@ fn feed(
             match a.what {
                 What::Raw { .. } => {}
                 What::Compressed { guest } => write_compressed(ctx, guest, &a.buf)?,
-                What::L2 { index } => table = Some((index, a.buf)),
+                What::L2 { index } => tables.push((index, a.buf)),
             }
         }
-        if table.is_some() {
-            return Ok((p, table));
+        if !tables.is_empty() {
+            return Ok((p, tables));
         }
     }
-    Ok((p, None))
+    Ok((p, Vec::new()))
 }
 
 fn write_compressed(ctx: &mut Ctx<'_, '_>, guest: u64, input: &[u8]) -> Result<(), ImageError> {
@@ -705,7 +715,7 @@ impl<'r> Qcow2Stream<'r> {
                 sink,
                 scratch: &mut self.scratch,
             };
-            let (n, table) = feed(
+            let (n, tables) = feed(
                 &mut self.targets,
                 &mut self.pos,
                 data,
@@ -713,7 +723,7 @@ impl<'r> Qcow2Stream<'r> {
                 if track { Some(&mut record) } else { None },
             )?;
             data = &data[n..];
-            if let Some((index, buf)) = table {
+            for (index, buf) in tables {
                 self.parse_l2(&hdr, index, &buf, sink)?;
             }
         }
@@ -1050,6 +1060,9 @@ mod tests {
         ext[112..116].copy_from_slice(&EXT_DATA_FILE.to_be_bytes());
         ext[116..120].copy_from_slice(&8u32.to_be_bytes());
         assert!(msg(ext).contains("external data file"));
+        let mut huge_l1 = header_v3(0, 0, 0);
+        huge_l1[36..40].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(msg(huge_l1).contains("too large"));
         let mut small_l1 = header_v3(0, 0, 0);
         small_l1[36..40].copy_from_slice(&1u32.to_be_bytes());
         assert!(msg(small_l1).contains("cannot map"));

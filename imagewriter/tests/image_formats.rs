@@ -479,3 +479,37 @@ fn mutated_qcow2_never_panics_or_hangs() {
         }
     }
 }
+
+#[test]
+fn l1_entries_sharing_one_l2_table_read_like_qemu() {
+    // v3-512: 512-byte clusters, each L1 entry maps 32 KiB. Point every L1 entry at the first
+    // L2 table: qemu then reads the first 32 KiB of the guest repeated over the whole disk.
+    let orig = fixture("v3-512.qcow2");
+    let (size, _) = fixture_expectations()["v3-512.qcow2"].clone();
+    let dev = disk(size as usize + 3 * MIB);
+    write(&orig, Some("qcow2"), None, None, &dev).unwrap();
+    let first = read_disk(dev.path())[..32 * 1024].to_vec();
+
+    let be = |b: &[u8], at: usize, n: usize| {
+        b[at..at + n]
+            .iter()
+            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+    };
+    let mut shared = orig.clone();
+    let l1_size = be(&shared, 36, 4) as usize;
+    let l1_off = be(&shared, 40, 8) as usize;
+    let entry0 = shared[l1_off..l1_off + 8].to_vec();
+    for i in 1..l1_size {
+        shared[l1_off + 8 * i..l1_off + 8 * i + 8].copy_from_slice(&entry0);
+    }
+    let dev = disk(size as usize + 3 * MIB);
+    let report = write(&shared, Some("qcow2"), None, None, &dev).unwrap();
+    assert_eq!(report.bytes_written, size);
+    let d = read_disk(dev.path());
+    for (i, piece) in d[..size as usize].chunks(32 * 1024).enumerate() {
+        assert!(
+            piece == &first[..piece.len()],
+            "guest range {i} does not repeat the shared table's data"
+        );
+    }
+}
