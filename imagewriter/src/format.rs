@@ -11,11 +11,12 @@
 //!
 //! Compressed containers: neither IPA nor Ironic decompress images (a gzip declared `raw` is
 //! written verbatim by IPA, one declared `qcow2` fails its inspection). Ferric accepts one level
-//! of gzip, zstd or xz as a transport encoding, detected from the bytes, and applies every rule
+//! of gzip or zstd as a transport encoding, detected from the bytes, and applies every rule
 //! above to what is inside: `disk_format` and `permitted_image_formats` name the inner format
 //! (`raw`/`gpt` or `qcow2`). The digest is still the one of the downloaded (compressed) file, as
-//! Glance computes it. Nested containers and any other format (vmdk, vhd, vhdx, vdi, qed, bzip2,
-//! iso declared as such) are refused.
+//! Glance computes it. Nested containers and any other format (xz — see
+//! [`crate::io::decompress`] —, vmdk, vhd, vhdx, vdi, qed, bzip2, iso declared as such) are
+//! refused.
 
 use crate::error::ImageError;
 use crate::io::sniff::{self, ImageFormat};
@@ -23,7 +24,7 @@ use crate::io::sniff::{self, ImageFormat};
 /// What the bytes of an image turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Detected {
-    /// The compression wrapped around the image, if any (gzip, zstd or xz).
+    /// The compression wrapped around the image, if any (gzip or zstd).
     pub container: Option<ImageFormat>,
     /// The format of the (decompressed) image.
     pub inner: ImageFormat,
@@ -62,7 +63,7 @@ impl Detected {
 
 /// True for the compressions Ferric unwraps.
 pub fn is_container(f: ImageFormat) -> bool {
-    matches!(f, ImageFormat::Gzip | ImageFormat::Zstd | ImageFormat::Xz)
+    matches!(f, ImageFormat::Gzip | ImageFormat::Zstd)
 }
 
 /// Apply the rules of the module documentation. `declared` is `image_info.disk_format`,
@@ -82,8 +83,8 @@ pub fn check(
     }
     if !matches!(inner, ImageFormat::Raw | ImageFormat::Qcow2) {
         return Err(ImageError::UnsupportedFormat(format!(
-            "the image bytes are {inner}; Ferric writes raw and qcow2 images (optionally gzip, \
-             zstd or xz compressed)"
+            "the image bytes are {inner}; Ferric writes raw and qcow2 images (optionally gzip or \
+             zstd compressed)"
         )));
     }
     if let Some(declared) = declared {

@@ -2,7 +2,7 @@
 //!
 //! A bricked or half-written disk that still boots is the worst outcome, so the order is fixed:
 //! 1. Open the device; read the first MiB of the download and tell the format from the bytes
-//!    ([`crate::format`]): raw, qcow2, or either inside gzip/zstd/xz. Refuse what is not the
+//!    ([`crate::format`]): raw, qcow2, or either inside gzip/zstd. Refuse what is not the
 //!    declared `disk_format` or not permitted, and what does not fit the device (Content-Length
 //!    of a raw image, virtual size of a qcow2). The device is untouched so far.
 //! 2. Zero the first and the last MiB of the device (stale MBR/GPT and the GPT backup header at
@@ -439,7 +439,7 @@ fn check_declared(declared: Option<&str>) -> Result<(), ImageError> {
 
 /// Write the raw image read from `src` onto `device` (a block device or, in tests, a regular
 /// file), verifying it against `expected`: [`write_stream_with`] with `disk_format` `raw` (a
-/// gzip/zstd/xz-compressed raw image is accepted too).
+/// gzip/zstd-compressed raw image is accepted too).
 pub fn write_stream<R: Read + Send>(
     src: R,
     content_length: Option<u64>,
@@ -720,7 +720,7 @@ fn convert(
     Ok(Converted { detected, reread })
 }
 
-/// gzip/zstd/xz around a raw or qcow2 image.
+/// gzip/zstd around a raw or qcow2 image.
 fn convert_container(
     container: ImageFormat,
     source: &mut ChunkSource,

@@ -1,8 +1,12 @@
-//! Unwrap gzip, zstd and xz streams, refusing anything after the compressed data.
+//! Unwrap gzip and zstd streams, refusing anything after the compressed data.
 //!
 //! Pure-Rust decoders only (the agent is a static musl binary in a small ramdisk): flate2 with
-//! miniz_oxide, ruzstd, lzma-rs. Each decoder pushes its output into a `Write`, the converter's
-//! input. Concatenated members/frames are accepted where the format's own tools produce them
+//! miniz_oxide (32 KiB window) and ruzstd (window checked against [`MAX_ZSTD_WINDOW`] before
+//! decoding). Each decoder pushes its output into a `Write`, the converter's input.
+//!
+//! xz is refused: the only pure-Rust decoder (lzma-rs 0.3) keeps every decompressed byte of an
+//! LZMA2 block in memory until the block ends, and `xz` writes a whole image as one block, so
+//! memory would grow with the image (an OOM in the ramdisk for any real image). Concatenated members/frames are accepted where the format's own tools produce them
 //! (`cat a.gz b.gz`, multi-frame zstd, zstd skippable frames); any other byte after the last one
 //! is trailing garbage and fails the image: a truncated-then-padded or spliced file must not be
 //! written as if it were whole.
@@ -30,7 +34,11 @@ pub enum DecompressError {
     Corrupt(String),
 }
 
-/// Decompress `format` (gzip, zstd or xz) from `src` into `out`; returns the decompressed size.
+/// Largest zstd window accepted (the decoder's memory): levels 1–19 use at most 8 MiB; `--long`
+/// and `--ultra` frames need more and are refused with a clear message.
+pub const MAX_ZSTD_WINDOW: u64 = 32 * 1024 * 1024;
+
+/// Decompress `format` (gzip or zstd) from `src` into `out`; returns the decompressed size.
 pub fn decompress(
     format: ImageFormat,
     src: &mut dyn Read,
@@ -50,7 +58,6 @@ pub fn decompress(
         match format {
             ImageFormat::Gzip => gzip(&mut buffered, &mut out),
             ImageFormat::Zstd => zstd(&mut buffered, &mut out),
-            ImageFormat::Xz => xz(&mut buffered, &mut out),
             other => Err(format!("{other} is not a compression format")),
         }
     };
@@ -157,6 +164,19 @@ fn zstd(src: &mut dyn BufRead, out: &mut dyn Write) -> Result<(), String> {
                 return Err("truncated skippable frame".into());
             }
         } else if magic == ZSTD_MAGIC {
+            let header = src.fill_buf().map_err(|e| e.to_string())?;
+            match zstd_window(header) {
+                Some(w) if w <= MAX_ZSTD_WINDOW => {}
+                Some(w) => {
+                    return Err(format!(
+                        "frame {frames} needs a {} MiB window; at most {} MiB is accepted \
+                         (recompress without --long/--ultra)",
+                        w >> 20,
+                        MAX_ZSTD_WINDOW >> 20
+                    ))
+                }
+                None => return Err(format!("frame {frames}: truncated header")),
+            }
             let magic_bytes = magic.to_le_bytes();
             let mut frame = (&magic_bytes[..]).chain(&mut *src);
             let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut frame)
@@ -190,20 +210,28 @@ fn read_exact_or(src: &mut dyn BufRead, buf: &mut [u8], what: &str) -> Result<()
     })
 }
 
-/// xz: one stream (lzma-rs checks the block checks, index and footer); nothing may follow.
-fn xz(src: &mut dyn BufRead, out: &mut dyn Write) -> Result<(), String> {
-    let mut out = io::BufWriter::with_capacity(OUT_BUF, out);
-    lzma_rs::xz_decompress(&mut &mut *src, &mut out).map_err(|e| format!("{e:?}"))?;
-    out.flush().map_err(|e| e.to_string())?;
-    drop(out);
-    let rest = src.fill_buf().map_err(|e| e.to_string())?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "trailing garbage after the stream ({} or more bytes)",
-            rest.len()
-        ));
+/// The window size a zstd frame header declares (RFC 8878 §3.1.1.1): the Window_Descriptor,
+/// or the Frame_Content_Size of a single-segment frame. `header` starts after the magic.
+fn zstd_window(header: &[u8]) -> Option<u64> {
+    let fhd = *header.first()?;
+    let single_segment = fhd & 0x20 != 0;
+    if !single_segment {
+        let wd = *header.get(1)?;
+        let base = 1u64 << (10 + u32::from(wd >> 3));
+        return Some(base + (base / 8) * u64::from(wd & 7));
     }
-    Ok(())
+    let did_len = [0usize, 1, 2, 4][usize::from(fhd & 3)];
+    let fcs_len = [1usize, 2, 4, 8][usize::from(fhd >> 6)];
+    let at = 1 + did_len;
+    let fcs = header.get(at..at + fcs_len)?;
+    let mut v = fcs
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    if fcs_len == 2 {
+        v += 256;
+    }
+    Some(v)
 }
 
 #[cfg(test)]
@@ -289,16 +317,24 @@ mod tests {
     }
 
     #[test]
-    fn xz_stream_and_garbage() {
-        let p = payload();
-        let mut comp = Vec::new();
-        lzma_rs::xz_compress(&mut &p[..], &mut comp).unwrap();
-        assert_eq!(run(ImageFormat::Xz, &comp).unwrap(), p);
-        comp.extend_from_slice(b"x");
-        assert!(matches!(
-            run(ImageFormat::Xz, &comp),
-            Err(DecompressError::Corrupt(_))
-        ));
+    fn zstd_windows_are_bounded() {
+        // Window_Descriptor 0x58: exponent 11, mantissa 0 → 2 MiB.
+        assert_eq!(zstd_window(&[0x04, 0x58]), Some(2 << 20));
+        // 0xb8: exponent 23 → 8 GiB.
+        assert_eq!(zstd_window(&[0x04, 0xb8]), Some(8 << 30));
+        // ZSTD_HELLO's header: Window_Descriptor 0x68 → 8 MiB.
+        assert_eq!(zstd_window(&ZSTD_HELLO[4..]), Some(8 << 20));
+        // Single segment, 1-byte content size 11.
+        assert_eq!(zstd_window(&[0x20, 0x0b]), Some(11));
+        // Single segment, 2-byte content size: value + 256.
+        assert_eq!(zstd_window(&[0x60, 0x00, 0x01]), Some(256 + 256));
+        assert_eq!(zstd_window(&[0x04]), None);
+        let mut huge = ZSTD_HELLO[..4].to_vec();
+        huge.extend_from_slice(&[0x04, 0xb8, 0, 0, 0, 0]);
+        match run(ImageFormat::Zstd, &huge) {
+            Err(DecompressError::Corrupt(m)) => assert!(m.contains("window"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`crate::write::write_stream`] composes them, innermost first:
 //! source → [`LengthCheckReader`] (Content-Length honoured) → [`HashingReader`] (digest of exactly
 //! the bytes written) → [`ProgressReader`] (rate-limited callback). [`sniff`] looks at the first
-//! bytes to tell the format, [`decompress`] unwraps gzip/zstd/xz. Resuming an interrupted
+//! bytes to tell the format, [`decompress`] unwraps gzip/zstd. Resuming an interrupted
 //! download happens below all of them, in [`crate::download::ImageStream`].
 
 pub mod decompress;
