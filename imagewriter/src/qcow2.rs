@@ -466,6 +466,14 @@ fn decompress_cluster(c: Compression, input: &[u8], out: &mut [u8]) -> Result<()
             Ok(())
         }
         Compression::Zstd => {
+            // A cluster frame declaring a huge window must not make the decoder allocate it.
+            let window = input
+                .get(4..)
+                .and_then(crate::io::decompress::zstd_window)
+                .ok_or("truncated zstd frame header")?;
+            if window > crate::io::decompress::MAX_ZSTD_WINDOW {
+                return Err(format!("zstd window of {window} bytes"));
+            }
             let mut src = input;
             let mut dec =
                 ruzstd::decoding::StreamingDecoder::new(&mut src).map_err(|e| e.to_string())?;

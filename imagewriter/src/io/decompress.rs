@@ -212,7 +212,7 @@ fn read_exact_or(src: &mut dyn BufRead, buf: &mut [u8], what: &str) -> Result<()
 
 /// The window size a zstd frame header declares (RFC 8878 §3.1.1.1): the Window_Descriptor,
 /// or the Frame_Content_Size of a single-segment frame. `header` starts after the magic.
-fn zstd_window(header: &[u8]) -> Option<u64> {
+pub(crate) fn zstd_window(header: &[u8]) -> Option<u64> {
     let fhd = *header.first()?;
     let single_segment = fhd & 0x20 != 0;
     if !single_segment {
