@@ -727,6 +727,14 @@ fn convert_container(
     sink: &mut Sink<'_>,
     opts: &StreamOptions<'_>,
 ) -> Result<Converted, ImageError> {
+    // A compressed stream that produces (almost) nothing must not be read forever: gzip and
+    // zstd add at most a few bytes per 64 KiB block even to incompressible data, so a valid
+    // stream for this device is never larger than this.
+    let limit = sink.device_size() + sink.device_size() / 64 + (16 << 20);
+    let mut limited = Limited {
+        inner: source,
+        left: limit,
+    };
     let mut inner = Inner {
         sink,
         opts,
@@ -736,7 +744,7 @@ fn convert_container(
         error: None,
         detected: None,
     };
-    match decompress(container, source, &mut inner) {
+    match decompress(container, &mut limited, &mut inner) {
         Ok(_) => {}
         Err(DecompressError::Sink(e)) => {
             return Err(inner
@@ -744,8 +752,14 @@ fn convert_container(
                 .take()
                 .unwrap_or_else(|| ImageError::io("writing the decompressed image", e)))
         }
+        Err(DecompressError::Source(_)) if limited.left == 0 => {
+            return Err(ImageError::InvalidImage(format!(
+                "the {container} stream is larger than {limit} bytes, more than any valid \
+                 {container} of an image fitting the device"
+            )))
+        }
         Err(DecompressError::Source(e)) => {
-            return Err(source.error.take().unwrap_or_else(|| read_error(e)))
+            return Err(limited.inner.error.take().unwrap_or_else(|| read_error(e)))
         }
         Err(DecompressError::Corrupt(m)) => {
             return Err(ImageError::InvalidImage(format!(
@@ -754,6 +768,24 @@ fn convert_container(
         }
     }
     inner.finish()
+}
+
+/// Fails once more than `left` bytes were read.
+struct Limited<'s> {
+    inner: &'s mut ChunkSource,
+    left: u64,
+}
+
+impl Read for Limited<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.left = 0;
+            return Err(std::io::Error::other("compressed stream too large"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 enum InnerState<'r> {

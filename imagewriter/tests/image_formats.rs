@@ -524,3 +524,48 @@ fn l1_entries_sharing_one_l2_table_read_like_qemu() {
         );
     }
 }
+
+#[test]
+fn a_compressed_stream_producing_nothing_is_cut_off() {
+    // A gzip member followed by endless empty members (20 bytes each, no output): the
+    // converter stops at ~device size instead of reading forever.
+    let mut empty = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut empty, b"").unwrap();
+    let empty = empty.finish().unwrap();
+    let mut first = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut first, &image_bytes(2 * MIB, 43)).unwrap();
+    let first = first.finish().unwrap();
+    let endless = std::io::Read::chain(
+        Cursor::new(first),
+        std::io::Read::take(RepeatSlice(empty, 0), u64::MAX),
+    );
+    let expected = sha256(b"never");
+    let opts = StreamOptions {
+        content_length: None,
+        expected: &expected,
+        disk_format: Some("raw"),
+        permitted_formats: None,
+        ranges: None,
+        also: None,
+    };
+    let dev = disk(4 * MIB);
+    let err = write_stream_with(endless, &opts, dev.path(), &no_progress).unwrap_err();
+    assert!(
+        matches!(err, ImageError::InvalidImage(ref m) if m.contains("larger than")),
+        "{err:?}"
+    );
+    assert_wiped(dev.path());
+}
+
+/// Repeats a byte string forever.
+struct RepeatSlice(Vec<u8>, usize);
+
+impl std::io::Read for RepeatSlice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.0[self.1..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.1 = (self.1 + n) % self.0.len();
+        Ok(n)
+    }
+}
