@@ -626,7 +626,6 @@ pub struct Sink<'d> {
     zero: Option<(u64, u64)>,
     end: u64,
     committed: bool,
-    writer_gone: bool,
 }
 
 impl<'d> Sink<'d> {
@@ -641,18 +640,12 @@ impl<'d> Sink<'d> {
             zero: None,
             end: 0,
             committed: false,
-            writer_gone: false,
         }
     }
 
     /// True once the device was modified (its ends zeroed): from then on a failure must wipe.
     pub fn committed(&self) -> bool {
         self.committed
-    }
-
-    /// True when the writer stage stopped (its error is the one to report).
-    pub fn writer_gone(&self) -> bool {
-        self.writer_gone
     }
 
     /// Device size.
@@ -779,7 +772,7 @@ impl<'d> Sink<'d> {
 
     fn send(&mut self, op: WriteOp) -> Result<(), ImageError> {
         self.tx.send(op).map_err(|_| {
-            self.writer_gone = true;
+            // The writer stage stopped; its own error is the one reported.
             ImageError::io(
                 "handing data to the image writer",
                 std::io::Error::other("the writer stage stopped"),
