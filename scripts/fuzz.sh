@@ -14,6 +14,8 @@
 #   FUZZ_SANITIZER=address|none   (default address; none = coverage-guided only, ~2x faster)
 #   FUZZ_JOBS=N                   targets fuzzed at once (default 1)
 #   CARGO_TARGET_DIR              build directory (default fuzz/target)
+#   FUZZ_TOLERATE=a,b             qcow2 target: accept qemu-img refusals whose message contains
+#                                 one of these (a reported difference, while it is being fixed)
 #
 # Corpora: fuzz/corpus/<target> (committed seeds, read only here) and
 # fuzz/regressions/<target> (inputs that once crashed or must keep passing; run first). New
