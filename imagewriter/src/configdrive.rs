@@ -82,6 +82,17 @@ pub enum ConfigDriveError {
         /// The base64 decoder's complaint.
         reason: String,
     },
+    /// The decoded bytes are neither an ISO 9660 nor a FAT filesystem.
+    #[error(
+        "the config drive is not a filesystem image: after base64{gz} it is {len} bytes that \
+         are neither ISO 9660 nor FAT (Ironic sends a base64-encoded gzipped ISO 9660 image)"
+    )]
+    NotAFilesystem {
+        /// `" and gunzip"` when the payload was gzip.
+        gz: &'static str,
+        /// Its length.
+        len: usize,
+    },
     /// The payload starts like gzip but does not inflate.
     #[error("the config drive is not a valid gzip stream: {reason}")]
     Gunzip {
@@ -284,7 +295,8 @@ pub fn decode(
             reason: e.to_string(),
         })?
     };
-    let image = if payload.starts_with(&[0x1f, 0x8b]) {
+    let gzipped = payload.starts_with(&[0x1f, 0x8b]);
+    let image = if gzipped {
         if payload.len() as u64 > MAX_PAYLOAD_BYTES {
             return Err(ConfigDriveError::TooLarge {
                 what: "the gzipped config drive",
@@ -306,7 +318,16 @@ pub fn decode(
             limit: MAX_CONFIG_DRIVE_BYTES,
         });
     }
-    // IPA writes whatever it got; so do we, but say when cloud-init will not find it.
+    // IPA fails on anything that does not gunzip; an uncompressed filesystem is taken too,
+    // but bytes that are no filesystem at all would only make a config-2 partition that
+    // cloud-init cannot read.
+    if !is_filesystem(&image) {
+        return Err(ConfigDriveError::NotAFilesystem {
+            gz: if gzipped { " and gunzip" } else { "" },
+            len: image.len(),
+        });
+    }
+    // A filesystem labelled otherwise is written, as IPA does, with a warning.
     match filesystem_label(&image) {
         Some(l) if l.eq_ignore_ascii_case(CONFIG_DRIVE_LABEL) => {}
         other => log::warn!(
@@ -502,12 +523,20 @@ fn filesystem_label(head: &[u8]) -> Option<String> {
 /// The volume label in a FAT boot sector (FAT12/16 at 0x2B, FAT32 at 0x47, both after an
 /// extended boot signature 0x29). blkid prefers the root directory's label entry; mkfs.fat
 /// writes both.
+/// True when `b` starts with an ISO 9660 primary volume descriptor or a FAT boot sector.
+fn is_filesystem(b: &[u8]) -> bool {
+    iso::volume_id(b).is_some() || fat_boot_sector(b)
+}
+
+fn fat_boot_sector(b: &[u8]) -> bool {
+    b.len() >= 512
+        && b[510..512] == [0x55, 0xaa]
+        && matches!(b[0], 0xeb | 0xe9)
+        && matches!(u16::from_le_bytes([b[11], b[12]]), 512 | 1024 | 2048 | 4096)
+}
+
 fn fat_label(b: &[u8]) -> Option<String> {
-    if b.len() < 512 || b[510..512] != [0x55, 0xaa] || !matches!(b[0], 0xeb | 0xe9) {
-        return None;
-    }
-    let bytes_per_sector = u16::from_le_bytes([b[11], b[12]]);
-    if !matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096) {
+    if !fat_boot_sector(b) {
         return None;
     }
     let fat16_sectors = u16::from_le_bytes([b[22], b[23]]);

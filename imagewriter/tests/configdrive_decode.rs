@@ -95,11 +95,43 @@ fn plain_and_wrapped_base64_decode() {
         .collect();
     let value = format!("\n  {}\r\n", wrapped.join("\r\n"));
     assert_eq!(decode(&value, &no_fetch).unwrap(), iso);
-    let gz_b64 = STANDARD.encode(b"abcd");
-    assert_eq!(
-        decode(gz_b64.trim_end_matches('='), &no_fetch).unwrap(),
-        b"abcd"
+    let b64 = STANDARD.encode(&iso);
+    assert_eq!(decode(b64.trim_end_matches('='), &no_fetch).unwrap(), iso);
+}
+
+#[test]
+fn bytes_that_are_no_filesystem_are_refused() {
+    // IPA fails on whatever does not gunzip; Ferric also takes a bare ISO or FAT image, but
+    // never writes bytes cloud-init could not read as a config drive.
+    let garbage: Vec<u8> = (0..256u32 << 10)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (what, value) in [
+        ("plain", STANDARD.encode(&garbage)),
+        ("gzipped", STANDARD.encode(gzip(&garbage))),
+        ("tiny", STANDARD.encode(b"abcd")),
+    ] {
+        let err = decode(&value, &no_fetch).unwrap_err();
+        assert!(
+            matches!(err, ConfigDriveError::NotAFilesystem { .. }),
+            "{what}: {err}"
+        );
+        assert!(
+            err.to_string().contains("neither ISO 9660 nor FAT"),
+            "{err}"
+        );
+    }
+    let err = decode("http://h/cd", &|_| Ok(garbage.clone())).unwrap_err();
+    assert!(
+        matches!(err, ConfigDriveError::NotAFilesystem { .. }),
+        "{err}"
     );
+    // A FAT boot sector without a label is a filesystem (written, with a warning).
+    let mut fat = vec![0u8; 4096];
+    fat[0] = 0xeb;
+    fat[11..13].copy_from_slice(&512u16.to_le_bytes());
+    fat[510..512].copy_from_slice(&[0x55, 0xaa]);
+    assert_eq!(decode(&STANDARD.encode(&fat), &no_fetch).unwrap(), fat);
 }
 
 #[test]
@@ -173,7 +205,9 @@ fn corrupt_gzip_is_a_clear_error() {
 #[test]
 fn sixty_four_mib_is_accepted_and_one_byte_more_is_not() {
     // Through the URL path with binary bodies (cheap: no base64 of 64 MiB in a debug build).
-    let exact = vec![0u8; MAX_CONFIG_DRIVE_BYTES as usize]; // Not base64: taken as binary.
+    // Not base64: taken as binary. An ISO padded with zeros to the limit.
+    let mut exact = recorded_iso();
+    exact.resize(MAX_CONFIG_DRIVE_BYTES as usize, 0);
     assert_eq!(
         decode("http://h/cd", &|_| Ok(exact.clone())).unwrap().len(),
         exact.len()
