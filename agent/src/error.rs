@@ -163,7 +163,9 @@ pub fn image_error(image_id: Option<&str>, e: ferric_imagewriter::ImageError) ->
             "Error downloading image",
             format!("Download of image {id} failed: {e}"),
         ),
-        E::TooLarge { .. } => AgentError::new(
+        // IPA raises InvalidImage for images that fail validation (format checks, qemu-img's
+        // safety checks) and for images larger than the device.
+        E::TooLarge { .. } | E::InvalidImage(_) | E::UnsupportedFormat(_) => AgentError::new(
             "InvalidImage",
             500,
             "The provided image is not valid for use",
@@ -229,5 +231,27 @@ mod tests {
         assert!(
             e.details.contains("disk.raw") && e.details.contains("aa") && e.details.contains("bb")
         );
+    }
+
+    #[test]
+    fn refused_images_map_to_invalid_image() {
+        use ferric_imagewriter::ImageError as E;
+        for err in [
+            E::InvalidImage("qcow2 with a backing file".into()),
+            E::UnsupportedFormat("vmdk".into()),
+            E::TooLarge {
+                image_bytes: 2,
+                device_bytes: 1,
+            },
+        ] {
+            let e = image_error(Some("img"), err);
+            assert_eq!((e.kind.as_str(), e.code), ("InvalidImage", 500), "{e}");
+            assert!(
+                e.details.starts_with("Image img cannot be written: "),
+                "{e}"
+            );
+        }
+        let e = image_error(None, E::io("writing /dev/x", std::io::Error::other("EIO")));
+        assert_eq!(e.kind, "ImageWriteError");
     }
 }

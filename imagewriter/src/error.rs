@@ -3,7 +3,8 @@
 //! Every variant carries the facts the agent needs to build IPA's error body (`type`, `message`,
 //! `details`) without parsing strings: the agent maps [`ImageError::ChecksumMismatch`] to
 //! `ImageChecksumError`, the download variants to `ImageDownloadError`, the image-info variants
-//! to `InvalidCommandParamsError` and the rest to `ImageWriteError`.
+//! to `InvalidCommandParamsError`, refused images (format, size) to `InvalidImage` and the rest
+//! to `ImageWriteError`.
 
 use std::fmt;
 use std::io;
