@@ -337,7 +337,7 @@ pub async fn post(
             }
             Ok(resp) if resp.status().as_u16() >= 400 => {
                 let status = resp.status();
-                let text = resp.text().await.unwrap_or_default();
+                let text = crate::ironic::bounded_text(resp).await.unwrap_or_default();
                 log::error!(
                     "inspection callback {url} refused the data ({status}): {}; proceeding with lookup",
                     crate::ironic::fault_message(&text)
@@ -345,7 +345,7 @@ pub async fn post(
                 return Ok(None);
             }
             Ok(resp) => {
-                let text = resp.text().await.unwrap_or_default();
+                let text = crate::ironic::bounded_text(resp).await.unwrap_or_default();
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 return Ok(Some(parse_answer(&v)));
             }

@@ -225,7 +225,7 @@ impl IronicClient {
             .get("X-OpenStack-Ironic-API-Maximum-Version")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_version);
-        let body = resp.text().await.unwrap_or_default();
+        let body = bounded_text(resp).await.unwrap_or_default();
         if !status.is_success() {
             return Err(IronicError::Status {
                 url,
@@ -320,10 +320,12 @@ impl IronicClient {
                 reason: error_chain(&e),
             })?;
         let status = resp.status();
-        let body = resp.text().await.map_err(|e| IronicError::Connection {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let body = bounded_text(resp)
+            .await
+            .map_err(|reason| IronicError::Connection {
+                url: url.clone(),
+                reason,
+            })?;
         if status != StatusCode::OK {
             return Err(IronicError::Status {
                 url,
@@ -382,13 +384,29 @@ impl IronicClient {
         if status.is_success() {
             return Ok(());
         }
-        let text = resp.text().await.unwrap_or_default();
+        let text = bounded_text(resp).await.unwrap_or_default();
         Err(IronicError::Status {
             url,
             status: status.as_u16(),
             message: fault_message(&text),
         })
     }
+}
+
+/// The most of an Ironic response body read. A lookup answer (node with its properties and
+/// instance_info) is kilobytes; a proxy or a broken server must not make the agent buffer more.
+const MAX_RESPONSE: usize = 8 << 20;
+
+/// The body as text, at most [`MAX_RESPONSE`] bytes (the client's timeout bounds the time).
+pub(crate) async fn bounded_text(mut resp: reqwest::Response) -> Result<String, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if buf.len() + chunk.len() > MAX_RESPONSE {
+            return Err(format!("response body exceeds {MAX_RESPONSE} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Percent-encode a query value (MACs and UUIDs only contain a few reserved characters).

@@ -16,7 +16,7 @@ use ferric_tests::conductor::{Conductor, DeployPlan, Plan};
 use ferric_tests::e2e::{report, spawn_agent_for_ironic, RunningAgent, TestDisk};
 use ferric_tests::fake_ironic::{FakeIronic, FakeIronicConfig, ScriptedReply};
 use ferric_tests::fixtures::{md5_hex, test_image, TableKind};
-use ferric_tests::hostile::{disk_verdict, ensure, Deadline, DiskVerdict, Table};
+use ferric_tests::hostile::{disk_verdict, ensure, mem_kib, Deadline, DiskVerdict, Table};
 use ferric_tests::image_server::{Fault, ImageServer};
 use serde_json::{json, Value};
 
@@ -196,6 +196,22 @@ fn lookup_rows() -> Vec<LookupRow> {
                 i.script_reply("GET", "/v1/lookup", replace(200, &vec![b'['; 4 << 20]), 1)
             }),
         ),
+        LookupRow {
+            name: "lookup answers 200 with a 64 MiB JSON string",
+            expected: "reads at most 8 MiB of it (peak RSS < 40 MiB), retries; heartbeat accepted",
+            setup: Box::new(|i| {
+                let mut b = vec![b'"'; 1];
+                b.resize(64 << 20, b'a');
+                b.push(b'"');
+                i.script_reply("GET", "/v1/lookup", replace(200, &b), 1)
+            }),
+            check: Some(Box::new(|i, a, d| {
+                let out = settled_lookup(i, a, d)?;
+                let peak = mem_kib(a.process.pid(), "VmHWM").ok_or("no VmHWM")? >> 10;
+                ensure(peak < 40, || format!("peak RSS {peak} MiB: {out}"))?;
+                Ok(format!("{out}; peak RSS {peak} MiB"))
+            })),
+        },
         row(
             "lookup answers after 6 s (agent timeout 3 s)",
             "times out, retries; heartbeat accepted",
