@@ -8,7 +8,7 @@ use crate::block::BlockDevice;
 use crate::clean::metadata::{self, MetadataWipe};
 use crate::clean::nvme::Hw;
 use crate::clean::{ata_security, dev_path, nvme, overwrite, run_concurrently, select_devices};
-use crate::clean::{CleanReport, EraseJob, EraseSettings};
+use crate::clean::{CleanReport, EraseJob, EraseSettings, Selection};
 use crate::manager::{StepCall, StepError};
 
 fn is_nvme(dev: &BlockDevice) -> bool {
@@ -97,19 +97,7 @@ pub(crate) fn erase_devices(call: &StepCall<'_>) -> Result<Value, StepError> {
     let results = run_concurrently(&sel.devices, job.settings.concurrency, |dev| {
         call.managers.dispatch_erase_block_device(dev, &job, call)
     });
-    let mut report = CleanReport::default();
-    let mut failures = Vec::new();
-    for (dev, r) in sel.devices.iter().zip(results) {
-        match r {
-            Ok(what) => report.devices.push((dev.name.clone(), what)),
-            Err(e) => failures.push((dev.name.clone(), e)),
-        }
-    }
-    if !failures.is_empty() {
-        return Err(combine("erase_devices", failures));
-    }
-    report.add_skipped(&sel.skipped);
-    Ok(report.to_json())
+    report_results("erase_devices", &sel, results)
 }
 
 /// The generic manager's `erase_block_device` (IPA semantics):
@@ -218,6 +206,16 @@ pub(crate) fn erase_devices_express(call: &StepCall<'_>) -> Result<Value, StepEr
     let results = run_concurrently(&sel.devices, job.settings.concurrency, |dev| {
         express_one(dev, &job, call)
     });
+    report_results("erase_devices_express", &sel, results)
+}
+
+/// The step's answer from one result per selected device (in `sel.devices` order): every
+/// device's outcome and the skipped ones, or one error naming every failed device.
+fn report_results(
+    step: &str,
+    sel: &Selection,
+    results: Vec<Result<String, StepError>>,
+) -> Result<Value, StepError> {
     let mut report = CleanReport::default();
     let mut failures = Vec::new();
     for (dev, r) in sel.devices.iter().zip(results) {
@@ -227,7 +225,7 @@ pub(crate) fn erase_devices_express(call: &StepCall<'_>) -> Result<Value, StepEr
         }
     }
     if !failures.is_empty() {
-        return Err(combine("erase_devices_express", failures));
+        return Err(combine(step, failures));
     }
     report.add_skipped(&sel.skipped);
     Ok(report.to_json())
