@@ -86,6 +86,11 @@ pub struct Cli {
     /// Read sysfs/procfs below DIR instead of / (tests) (no kernel parameter).
     #[arg(long, value_name = "DIR", global = true, hide = true)]
     pub sys_root: Option<PathBuf>,
+
+    /// Manage UEFI boot entries in DIR as if booted in UEFI mode (tests; in the ramdisk the
+    /// agent uses /sys/firmware/efi/efivars when booted in UEFI mode, elsewhere none).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub efivars_dir: Option<PathBuf>,
 }
 
 /// Subcommands besides the default (run the agent).
@@ -241,6 +246,8 @@ pub struct Config {
     pub debug: bool,
     /// Root under which sysfs/procfs are read.
     pub sys_root: PathBuf,
+    /// `--efivars-dir`: UEFI variables to manage whatever the boot mode (tests).
+    pub efivars_dir: Option<PathBuf>,
     /// Optional log file.
     pub log_file: Option<PathBuf>,
     /// The raw kernel parameters (for components that read more of them later).
@@ -433,6 +440,7 @@ impl Config {
             image_download_retry_interval,
             debug: k.flag("ipa-debug"),
             sys_root: cli.sys_root.clone().unwrap_or_else(|| PathBuf::from("/")),
+            efivars_dir: cli.efivars_dir.clone(),
             log_file: cli.log_file.clone(),
             kernel,
         })

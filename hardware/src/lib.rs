@@ -18,6 +18,7 @@ pub mod block;
 pub mod clean;
 pub mod cpu;
 pub mod dmi;
+pub mod efi;
 mod error;
 mod generic;
 pub mod hints;

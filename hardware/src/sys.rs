@@ -109,6 +109,9 @@ mod ioctls {
     );
     nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), c_int);
     nix::ioctl_none!(blkrrpart, 0x12, 95);
+    // FS_IOC_GETFLAGS/SETFLAGS are _IOR/_IOW('f', 1/2, long); the kernel moves an int.
+    nix::ioctl_read!(fs_ioc_getflags, b'f', 1, nix::libc::c_long);
+    nix::ioctl_write_ptr!(fs_ioc_setflags, b'f', 2, nix::libc::c_long);
     nix::ioctl_none!(blkflsbuf, 0x12, 97);
     nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
     nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), BlkpgIoctlArg);
@@ -136,6 +139,21 @@ pub(crate) fn logical_sector_size(f: &File) -> io::Result<u32> {
     // SAFETY: valid fd; `size` is a writable int, which BLKSSZGET stores.
     unsafe { ioctls::blksszget(f.as_raw_fd(), &mut size) }.map_err(errno)?;
     u32::try_from(size).map_err(|_| io::Error::other(format!("BLKSSZGET returned {size}")))
+}
+
+/// Clear `FS_IMMUTABLE_FL` (`chattr -i`) on an open file; `Ok(false)` when it was not set.
+pub(crate) fn clear_immutable(f: &File) -> io::Result<bool> {
+    const FS_IMMUTABLE_FL: nix::libc::c_long = 0x10;
+    let mut flags: nix::libc::c_long = 0;
+    // SAFETY: valid fd; `flags` is a writable long, wider than the int the kernel stores.
+    unsafe { ioctls::fs_ioc_getflags(f.as_raw_fd(), &mut flags) }.map_err(errno)?;
+    if flags & FS_IMMUTABLE_FL == 0 {
+        return Ok(false);
+    }
+    flags &= !FS_IMMUTABLE_FL;
+    // SAFETY: valid fd; the kernel only reads `flags`.
+    unsafe { ioctls::fs_ioc_setflags(f.as_raw_fd(), &flags) }.map_err(errno)?;
+    Ok(true)
 }
 
 /// Asks the kernel to re-read the partition table (`BLKRRPART`).
