@@ -280,6 +280,75 @@ pub fn configdrive_iso() -> Vec<u8> {
     iso
 }
 
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Unique GUID of the ESP of [`uefi_disk_image`].
+pub const ESP_UUID: &str = "5e8a6f1c-3b2d-4c8e-9f10-a1b2c3d4e5f6";
+const ROOT_UUID: &str = "0c6d8e3a-1f2b-4a5c-8d7e-112233445566";
+
+/// A 40 MiB GPT disk image made with sfdisk, mkfs.vfat and mtools (in `dir`): partition 1, a
+/// 16 MiB ESP at 1 MiB holding shim's layout (EFI/debian with `shim` as shimx64.efi,
+/// grubx64.efi and a UTF-16 BOOTX64.CSV naming shimx64.efi "debian"; EFI/BOOT/BOOTX64.EFI),
+/// then a 20 MiB Linux partition.
+pub fn uefi_disk_image(dir: &std::path::Path, shim: &[u8]) -> Vec<u8> {
+    use std::process::Command;
+    let img = dir.join("uefi.img");
+    std::fs::write(&img, vec![0u8; 40 << 20]).unwrap();
+    let table = format!(
+        "label: gpt\n\
+         start=2048, size=32768, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={ESP_UUID}\n\
+         start=34816, size=40960, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={ROOT_UUID}\n"
+    );
+    let mut sfdisk = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&img)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    std::io::Write::write_all(sfdisk.stdin.as_mut().unwrap(), table.as_bytes()).unwrap();
+    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
+    // 16 MiB at byte offset 1 MiB (mkfs.vfat's --offset is in 512-byte sectors).
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "ESP", "--offset", "2048"])
+        .arg(&img)
+        .arg("16384"));
+    let target = format!("{}@@1M", img.display());
+    run(Command::new("mmd").args(["-i", &target, "::/EFI", "::/EFI/debian", "::/EFI/BOOT"]));
+    let mut csv = vec![0xff, 0xfe];
+    csv.extend(
+        "shimx64.efi,debian,,This is the boot entry for debian\r\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes),
+    );
+    for (name, content) in [
+        ("shimx64.efi", shim.to_vec()),
+        ("grubx64.efi", b"MZ grub".to_vec()),
+        ("BOOTX64.CSV", csv),
+        ("fallback.efi", b"MZ fallback".to_vec()),
+    ] {
+        let local = dir.join(name);
+        std::fs::write(&local, content).unwrap();
+        let dest = if name == "fallback.efi" {
+            "::/EFI/BOOT/BOOTX64.EFI".to_string()
+        } else {
+            format!("::/EFI/debian/{name}")
+        };
+        run(Command::new("mcopy")
+            .args(["-i", &target])
+            .arg(&local)
+            .arg(dest));
+    }
+    std::fs::read(&img).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -235,6 +235,46 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Echo console lines to stdout with this prefix as they arrive.
     pub echo_prefix: Option<String>,
+    /// Boot through UEFI firmware (OVMF) instead of SeaBIOS.
+    pub uefi: Option<Uefi>,
+}
+
+/// UEFI firmware for a VM: OVMF's code (read only) and a private copy of its variable store,
+/// which keeps the NVRAM (boot entries) from one boot of the VM to the next.
+#[derive(Clone, Debug)]
+pub struct Uefi {
+    /// `OVMF_CODE_4M.fd`.
+    pub code: PathBuf,
+    /// The VM's own copy of `OVMF_VARS_4M.fd`.
+    pub vars: PathBuf,
+}
+
+impl Uefi {
+    /// Debian's OVMF (package `ovmf`) with a fresh variable store copied to `vars`; `None`
+    /// when OVMF is not installed.
+    pub fn fresh(vars: &Path) -> Option<Uefi> {
+        let dir = Path::new("/usr/share/OVMF");
+        let (code, template) = (dir.join("OVMF_CODE_4M.fd"), dir.join("OVMF_VARS_4M.fd"));
+        if !code.is_file() || !template.is_file() {
+            return None;
+        }
+        std::fs::copy(&template, vars).ok()?;
+        Some(Uefi {
+            code,
+            vars: vars.to_owned(),
+        })
+    }
+
+    fn args(&self, cmd: &mut Command) {
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            self.code.display()
+        ));
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            self.vars.display()
+        ));
+    }
 }
 
 /// A running QEMU (TCG, no display, no reboot: a guest reboot or panic ends QEMU too).
@@ -271,8 +311,36 @@ impl Vm {
             .arg(format!(
                 "file={},if=virtio,format=raw,cache=writeback",
                 cfg.disk.display()
-            ))
-            .stdin(Stdio::null())
+            ));
+        if let Some(u) = &cfg.uefi {
+            u.args(&mut cmd);
+        }
+        Vm::spawn(cmd, cfg.echo_prefix.clone())
+    }
+
+    /// Powers on a VM with no kernel and no network: the UEFI firmware boots what its NVRAM
+    /// and `disk` (a virtio disk) offer. Its console shows the firmware's boot manager lines
+    /// (`BdsDxe: loading Boot0004 "debian" from HD(1,GPT,…)/\EFI\…`).
+    pub fn boot_firmware(
+        uefi: &Uefi,
+        disk: &Path,
+        memory_mib: u32,
+        echo_prefix: Option<String>,
+    ) -> Result<Vm, String> {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-m", &memory_mib.to_string()])
+            .args(["-nographic", "-no-reboot", "-net", "none"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,cache=writeback",
+                disk.display()
+            ));
+        uefi.args(&mut cmd);
+        Vm::spawn(cmd, echo_prefix)
+    }
+
+    fn spawn(mut cmd: Command, prefix: Option<String>) -> Result<Vm, String> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let started = Instant::now();
@@ -283,7 +351,6 @@ impl Vm {
         let mut stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        let prefix = cfg.echo_prefix.clone();
         let stdout_reader = std::thread::Builder::new()
             .name("qemu-serial".into())
             .spawn(move || {

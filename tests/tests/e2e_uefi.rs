@@ -6,21 +6,18 @@
 //! Needs root and loop devices: FAILS under `CI` when they are missing, skips loudly elsewhere.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ferric_tests::conductor::{Conductor, DeployPlan, Plan};
 use ferric_tests::e2e::{report, spawn_agent_for_ironic, RunningAgent};
 use ferric_tests::fake_ironic::{FakeIronic, FakeIronicConfig};
-use ferric_tests::fixtures::{sha256_hex, test_image, TableKind};
+use ferric_tests::fixtures::{sha256_hex, test_image, uefi_disk_image, TableKind, ESP_UUID};
 use ferric_tests::image_server::ImageServer;
 use ferric_tests::loopdev::LoopDevice;
 
 const SETTLE: Duration = Duration::from_secs(55);
 const MIB: u64 = 1 << 20;
 const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-const ESP_UUID: &str = "5e8a6f1c-3b2d-4c8e-9f10-a1b2c3d4e5f6";
-const ROOT_UUID: &str = "0c6d8e3a-1f2b-4a5c-8d7e-112233445566";
 
 struct Run {
     agent: RunningAgent,
@@ -39,68 +36,6 @@ impl Run {
             Some(&self.images),
         )
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A 40 MiB GPT disk image: a 16 MiB ESP at 1 MiB holding shim's layout (EFI/debian with
-/// shimx64.efi, grubx64.efi and BOOTX64.CSV; EFI/BOOT/BOOTX64.EFI), then a Linux partition.
-fn uefi_image(dir: &Path) -> Vec<u8> {
-    let img = dir.join("uefi.img");
-    std::fs::write(&img, vec![0u8; 40 << 20]).unwrap();
-    let table = format!(
-        "label: gpt\n\
-         start=2048, size=32768, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={ESP_UUID}\n\
-         start=34816, size=40960, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={ROOT_UUID}\n"
-    );
-    let mut sfdisk = Command::new("sfdisk")
-        .arg("-q")
-        .arg(&img)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk");
-    std::io::Write::write_all(sfdisk.stdin.as_mut().unwrap(), table.as_bytes()).unwrap();
-    assert!(sfdisk.wait().unwrap().success(), "sfdisk failed");
-    // 16 MiB at byte offset 1 MiB (mkfs.vfat's --offset is in 512-byte sectors).
-    run(Command::new("mkfs.vfat")
-        .args(["-n", "ESP", "--offset", "2048"])
-        .arg(&img)
-        .arg("16384"));
-    let target = format!("{}@@1M", img.display());
-    run(Command::new("mmd").args(["-i", &target, "::/EFI", "::/EFI/debian", "::/EFI/BOOT"]));
-    let mut csv = vec![0xff, 0xfe];
-    csv.extend(
-        "shimx64.efi,debian,,This is the boot entry for debian\r\n"
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes),
-    );
-    for (name, content) in [
-        ("shimx64.efi", b"MZ shim".to_vec()),
-        ("grubx64.efi", b"MZ grub".to_vec()),
-        ("BOOTX64.CSV", csv),
-        ("fallback.efi", b"MZ fallback".to_vec()),
-    ] {
-        let local = dir.join(name);
-        std::fs::write(&local, content).unwrap();
-        let dest = if name == "fallback.efi" {
-            "::/EFI/BOOT/BOOTX64.EFI".to_string()
-        } else {
-            format!("::/EFI/debian/{name}")
-        };
-        run(Command::new("mcopy")
-            .args(["-i", &target])
-            .arg(&local)
-            .arg(dest));
-    }
-    std::fs::read(&img).unwrap()
 }
 
 fn start(test: &str, image: &[u8], efivars: &Path) -> Option<Run> {
@@ -167,7 +102,7 @@ fn uefi_deploy_adds_a_boot_entry_for_the_shim_loader_first_in_boot_order() {
     std::fs::create_dir(&efivars).unwrap();
     put_var(&efivars, "Boot0000", &pxe_entry());
     put_var(&efivars, "BootOrder", &[0, 0]);
-    let image = uefi_image(tmp.path());
+    let image = uefi_disk_image(tmp.path(), b"MZ shim");
     let Some(r) = start("e2e_uefi::boot_entry", &image, &efivars) else {
         return;
     };
