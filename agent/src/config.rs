@@ -234,6 +234,9 @@ pub struct Config {
     pub global_request_id: Option<String>,
     /// ipa-insecure: do not verify TLS certificates of Ironic and image servers.
     pub insecure: bool,
+    /// ipa-collect-lldp (with ipa-lldp-timeout, default 30 s): listen for LLDP on every
+    /// interface while building the inventory. `None`: off (IPA's default).
+    pub lldp_timeout: Option<Duration>,
     /// ipa-ironic-api-version: pin the API version instead of negotiating it.
     pub ironic_api_version: Option<String>,
     /// ipa-http-request-timeout (seconds) for Ironic calls.
@@ -396,6 +399,14 @@ impl Config {
             Some(v) => parse_secs("ipa-http-request-timeout", v)?,
             None => Duration::from_secs(60),
         };
+        let lldp_timeout = if k.flag("ipa-collect-lldp") {
+            Some(match k.get("ipa-lldp-timeout") {
+                Some(v) => parse_secs("ipa-lldp-timeout", v)?,
+                None => Duration::from_secs(30),
+            })
+        } else {
+            None
+        };
         let image_download_retries =
             match k.get("ipa-image-download-connection-retries") {
                 Some(v) => Some(v.parse::<u32>().map_err(|_| {
@@ -434,6 +445,7 @@ impl Config {
             lookup_interval,
             global_request_id: k.get("ipa-global-request-id").map(str::to_string),
             insecure: k.flag("ipa-insecure"),
+            lldp_timeout,
             ironic_api_version: k.get("ipa-ironic-api-version").map(str::to_string),
             http_request_timeout,
             image_download_retries,
@@ -504,6 +516,28 @@ mod tests {
         assert_eq!(c.lookup_timeout, Duration::from_secs(300));
         assert_eq!(c.lookup_interval, Duration::from_secs(1));
         assert!(!c.insecure);
+        assert_eq!(c.lldp_timeout, None);
+    }
+
+    #[test]
+    fn lldp_collection_follows_ipa_parameters() {
+        let lldp = |cmdline: &str| {
+            Config::resolve(&cli(&[]), KernelParams::parse(cmdline)).map(|c| c.lldp_timeout)
+        };
+        let base = "ipa-api-url=http://a:6385";
+        assert_eq!(
+            lldp(&format!("{base} ipa-collect-lldp=1")).unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            lldp(&format!(
+                "{base} ipa-collect-lldp=True ipa-lldp-timeout=2.5"
+            ))
+            .unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(lldp(&format!("{base} ipa-lldp-timeout=5")).unwrap(), None);
+        assert!(lldp(&format!("{base} ipa-collect-lldp=1 ipa-lldp-timeout=soon")).is_err());
     }
 
     #[test]

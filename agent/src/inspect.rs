@@ -38,6 +38,7 @@ pub fn inventory(config: &Config) -> hw::Inventory {
         &config.sys_root,
         &InventoryOptions {
             bootif: config.kernel.get("BOOTIF").map(str::to_string),
+            lldp_timeout: config.lldp_timeout,
             ..Default::default()
         },
     )

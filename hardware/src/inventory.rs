@@ -24,6 +24,9 @@ pub struct InventoryOptions {
     pub bootif: Option<String>,
     /// Where interface addresses come from.
     pub addresses: AddressSource,
+    /// Listen this long for LLDP on the interfaces (`ipa-collect-lldp`, `ipa-lldp-timeout`);
+    /// `None`: no LLDP, `lldp` stays null as in IPA's default.
+    pub lldp_timeout: Option<std::time::Duration>,
 }
 
 /// The inventory's `boot` object.
@@ -72,6 +75,14 @@ pub fn inventory(root: &Path, opts: &InventoryOptions) -> Inventory {
         .filter(|i| i.physical || is_vlan(&i.name))
         .collect();
     apply_addresses(&mut interfaces, &opts.addresses.addresses());
+    if let Some(timeout) = opts.lldp_timeout {
+        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
+        let mut lldp = crate::lldp::collect(root, &names, timeout);
+        for i in &mut interfaces {
+            // IPA: an interface that heard nothing stays null.
+            i.lldp = lldp.remove(&i.name);
+        }
+    }
 
     let disks = list_block_devices(root)
         .unwrap_or_else(|e| {

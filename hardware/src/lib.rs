@@ -23,6 +23,7 @@ mod error;
 mod generic;
 pub mod hints;
 pub mod inventory;
+pub mod lldp;
 pub mod manager;
 pub mod memory;
 pub mod net;

@@ -156,6 +156,68 @@ pub(crate) fn clear_immutable(f: &File) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Ethertype of LLDP frames.
+pub(crate) const ETH_P_LLDP: u16 = 0x88cc;
+
+/// A non-blocking `AF_PACKET` socket that receives the LLDP frames arriving on interface
+/// `ifindex`, with promiscuous membership (dropped by the kernel when the socket closes, so
+/// the interface's own flags are never changed), as IPA's `netutils` listens.
+pub(crate) fn lldp_socket(ifindex: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    let ifindex = c_int::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index too large"))?;
+    let proto = ETH_P_LLDP.to_be();
+    // SAFETY: plain socket(2) call with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            c_int::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: valid fd; `addr` is a sockaddr_ll that lives across the call and its size is
+    // passed with it.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            std::ptr::from_ref(&addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mreq.mr_ifindex = ifindex;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    // SAFETY: valid fd; `mreq` lives across the call and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            std::ptr::from_ref(&mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
+}
+
 /// Asks the kernel to re-read the partition table (`BLKRRPART`).
 pub(crate) fn reread_partitions(f: &File) -> io::Result<()> {
     // SAFETY: valid fd; BLKRRPART takes no argument.

@@ -32,6 +32,7 @@ fn server_inventory_is_ipa_shaped() {
             ("eno1.100", "198.51.100.7"),
             ("bond0", "203.0.113.1"),
         ]),
+        lldp_timeout: None,
     };
     let inv = inventory(&root, &opts);
     let v = serde_json::to_value(&inv).unwrap();
@@ -132,6 +133,7 @@ fn this_machine_inventory() {
         &InventoryOptions {
             bootif: None,
             addresses: fixed(&[("eth0", "fd00::2"), ("lo", "127.0.0.1")]),
+            lldp_timeout: None,
         },
     );
     let v = serde_json::to_value(&inv).unwrap();
@@ -197,6 +199,7 @@ fn empty_root_gives_an_empty_but_valid_inventory() {
         &InventoryOptions {
             bootif: None,
             addresses: AddressSource::Skip,
+            lldp_timeout: None,
         },
     );
     let v = serde_json::to_value(&inv).unwrap();
