@@ -21,10 +21,10 @@ step "cargo test"
 # cores carry without timeouts turning flaky.
 cargo test --workspace --no-fail-fast -- --test-threads=2
 
-step "real OpenStack Ironic 39.0.0 (from PyPI) drives the agent: cleaning, then a deploy, require_tls=true"
+step "real OpenStack Ironic 39.0.0 (from PyPI) drives the agent: inspection, cleaning, then a deploy, require_tls=true"
 # The acceptance test of the whole product: an unmodified Ironic conductor takes a node
-# through automated cleaning to available and a deploy to active with this agent, over
-# HTTPS (auto TLS), on a loop device.
+# through in-band inspection to manageable, automated cleaning to available and a deploy to
+# active with this agent, over HTTPS (auto TLS), on a loop device.
 cargo build -q -p ferric-agent
 FERRIC_AGENT="${CARGO_TARGET_DIR:-target}/debug/ferric-agent" IRONIC_REQUIRE_TLS=true \
   tests/real-ironic/run.sh all

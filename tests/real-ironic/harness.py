@@ -5,6 +5,9 @@ Subcommands:
   make-image OUT MIB              raw whole-disk image: GPT, one partition, random payload
   verify-deploy DEV IMAGE [1|0]   the image is on DEV and (1, default) a config-2 partition
                                   follows it
+  verify-inspect AGENT.json IRONIC.json PORTS.json PXE_MAC NODE.json
+                                  Ironic stored the inventory the agent produces, created a
+                                  port for PXE_MAC and set properties.cpu_arch
   verify-clean DEV full|metadata IMAGE_SIZE
                                   DEV was erased the way the clean steps promise
   record-proxy OUT.jsonl LPORT=HOST:PORT:DIR ...
@@ -240,6 +243,38 @@ def verify_clean(dev, mode, image_size):
     print(f"verify-clean ({mode}): OK")
 
 
+def verify_inspect(agent_json, ironic_json, ports_json, pxe_mac, node_json):
+    with open(agent_json) as f:
+        agent = json.load(f)
+    with open(ironic_json) as f:
+        stored = json.load(f)
+    with open(ports_json) as f:
+        ports = json.load(f)["ports"]
+    with open(node_json) as f:
+        node = json.load(f)
+    inv = stored.get("inventory")
+    if inv != agent:
+        for key in sorted(set(agent) | set(inv or {})):
+            if (inv or {}).get(key) != agent.get(key):
+                print(f"inventory[{key!r}]: ironic {json.dumps((inv or {}).get(key))[:400]}")
+                print(f"{' ' * (len(key) + 13)}agent  {json.dumps(agent.get(key))[:400]}")
+        fail("the inventory Ironic stored differs from the agent's")
+    if not inv["interfaces"] or not inv["disks"] or not inv["cpu"]["count"]:
+        fail("the inventory is empty where the fixture is not")
+    by_mac = {p["address"].lower(): p for p in ports}
+    port = by_mac.get(pxe_mac.lower())
+    if port is None:
+        fail(f"no port for the PXE interface {pxe_mac}: {sorted(by_mac)}")
+    if port.get("pxe_enabled") is not True:
+        fail(f"the PXE interface's port is not pxe_enabled: {port}")
+    arch = node["properties"].get("cpu_arch")
+    if arch != inv["cpu"]["architecture"]:
+        fail(f"properties.cpu_arch is {arch!r}, the inventory says {inv['cpu']['architecture']!r}")
+    print(f"verify-inspect: OK ({len(inv['interfaces'])} interfaces, {len(inv['disks'])} disks, "
+          f"{inv['cpu']['count']} CPUs, {inv['memory']['physical_mb']} MiB; port {pxe_mac}; "
+          f"cpu_arch {arch}; plugin_data keys {sorted(stored.get('plugin_data') or {})})")
+
+
 # --------------------------------------------------------------------------- proxy
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
@@ -335,7 +370,8 @@ def main():
         sys.exit(2)
     cmd, args = sys.argv[1], sys.argv[2:]
     {"make-image": make_image, "verify-deploy": verify_deploy,
-     "verify-clean": verify_clean, "record-proxy": record_proxy}[cmd](*args)
+     "verify-clean": verify_clean, "verify-inspect": verify_inspect,
+     "record-proxy": record_proxy}[cmd](*args)
 
 
 if __name__ == "__main__":

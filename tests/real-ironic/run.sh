@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Drive the Ferric agent with a REAL, unmodified OpenStack Ironic conductor.
 #
-# Usage: tests/real-ironic/run.sh [deploy|clean|all]     (default: all)
+# Usage: tests/real-ironic/run.sh [inspect|deploy|clean|all]     (default: all)
+#   inspect create node → manage → inspect (Ironic's built-in "agent" inspection: the agent
+#           posts its inventory to /v1/continue_inspection) → `manageable`, then compare the
+#           inventory Ironic stored with the agent's own and check the hooks' results.
 #   deploy  create node → manage → provide (cleaning per CLEAN_STEPS, default off)
 #           → deploy a raw whole-disk image + config drive → `active`, then check the disk.
 #   clean   create node → manage → provide with automated cleaning → `available`,
 #           then check the disk was erased.
-#   all     clean, then deploy on the same node (a fresh agent per "boot").
+#   all     inspect, clean, then deploy on the same node (a fresh agent per "boot").
 #
 # Environment (all optional):
 #   FERRIC_AGENT        agent binary (default ${CARGO_TARGET_DIR:-target}/debug/ferric-agent)
@@ -32,8 +35,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 MODE=${1:-all}
-case "$MODE" in deploy | clean | all) ;; *)
-	echo "usage: $0 [deploy|clean|all]" >&2
+case "$MODE" in inspect | deploy | clean | all) ;; *)
+	echo "usage: $0 [inspect|deploy|clean|all]" >&2
 	exit 2
 	;;
 esac
@@ -50,14 +53,14 @@ DISK_MB=${DISK_MB:-1024}
 IMAGE_MB=${IMAGE_MB:-64}
 CONFIGDRIVE=${CONFIGDRIVE:-1}
 if [[ -z "${CLEAN_STEPS:-}" ]]; then
-	if [[ "$MODE" == deploy ]]; then CLEAN_STEPS=off; else CLEAN_STEPS=full; fi
+	if [[ "$MODE" == deploy || "$MODE" == inspect ]]; then CLEAN_STEPS=off; else CLEAN_STEPS=full; fi
 fi
 case "$CLEAN_STEPS" in full | metadata | off) ;; *)
 	echo "CLEAN_STEPS must be full, metadata or off" >&2
 	exit 2
 	;;
 esac
-if [[ "$MODE" != deploy && "$CLEAN_STEPS" == off ]]; then
+if [[ ( "$MODE" == clean || "$MODE" == all ) && "$CLEAN_STEPS" == off ]]; then
 	echo "mode $MODE needs cleaning: CLEAN_STEPS=off makes no sense here" >&2
 	exit 2
 fi
@@ -218,7 +221,7 @@ enabled_storage_interfaces = noop
 enabled_bios_interfaces = fake
 enabled_console_interfaces = fake
 enabled_firmware_interfaces = fake
-enabled_inspect_interfaces = fake
+enabled_inspect_interfaces = fake,agent
 enabled_raid_interfaces = fake
 enabled_rescue_interfaces = fake
 enabled_vendor_interfaces = fake
@@ -256,6 +259,13 @@ erase_devices_metadata_priority = $META_PRIO
 # One zero pass: the check after cleaning can then demand an all-zero disk.
 shred_random_overwrite_iterations = 0
 shred_final_overwrite_with_zeros = true
+
+[inspector]
+# Built-in in-band inspection: the default hooks (ramdisk-error, validate-interfaces, ports,
+# architecture); a port is created for the PXE (BOOTIF) interface.
+add_ports = pxe
+# The fake boot interface cannot boot a ramdisk: the harness "boots" the agent itself.
+require_managed_boot = false
 
 [agent]
 require_tls = $IRONIC_REQUIRE_TLS
@@ -375,11 +385,12 @@ wait_state() {
 # ---------------------------------------------------------------- agent
 AGENT_N=0
 AGENT_PID=""
-start_agent() { # one "boot" of the ramdisk
+start_agent() { # start_agent TAG [CMDLINE [AGENT ARGS...]]: one "boot" of the ramdisk
 	AGENT_N=$((AGENT_N + 1))
-	local tag=$1 devmm
+	local tag=$1 cmdline=${2:-"BOOTIF=01-${MAC//:/-} ipa-debug=1"} devmm
+	shift 2 || shift $#
 	devmm=$(stat -c '%t %T' "$LOOPDEV")
-	echo "BOOTIF=01-${MAC//:/-} ipa-debug=1" >"$WORK/cmdline"
+	echo "$cmdline" >"$WORK/cmdline"
 	log "starting agent #$AGENT_N ($tag): $FERRIC_AGENT"
 	# Private /dev with only our loop device, read-only /sys, own PID namespace.
 	# shellcheck disable=SC2016
@@ -398,7 +409,7 @@ start_agent() { # one "boot" of the ramdisk
 		exec "$@"' ferric-sandbox \
 		"$FERRIC_AGENT" --api-url "$AGENT_API_URL" --install-device "$LOOPDEV" \
 		--listen "127.0.0.1:$AGENT_PORT" --advertise "$AGENT_ADVERTISE" \
-		--power-action exit --cmdline-file "$WORK/cmdline" \
+		--power-action exit --cmdline-file "$WORK/cmdline" "$@" \
 		>"$WORK/agent-$AGENT_N-$tag.log" 2>&1 &
 	AGENT_PID=$!
 	disown "$AGENT_PID"
@@ -423,9 +434,13 @@ stop_agent() {
 log "creating node + port"
 NODE_JSON=$(jq -cn '{name: "harness-node", driver: "fake-hardware",
 	deploy_interface: "direct", boot_interface: "fake", power_interface: "fake",
-	management_interface: "fake", network_interface: "noop",
+	management_interface: "fake", network_interface: "noop", inspect_interface: "agent",
 	properties: {cpu_arch: "x86_64", cpus: 2, memory_mb: 2048, local_gb: 1,
 	             capabilities: "boot_mode:uefi", vendor: "lenovo"}}')
+if [[ "$MODE" == inspect || "$MODE" == all ]]; then
+	# Inspection's architecture hook must fill it in.
+	NODE_JSON=$(jq -c 'del(.properties.cpu_arch)' <<<"$NODE_JSON")
+fi
 if [[ "$ROOT_DEVICE_HINT" == 1 ]]; then
 	NODE_JSON=$(jq -c --arg d "$LOOPDEV" '.properties.root_device = {name: $d}' <<<"$NODE_JSON")
 fi
@@ -436,8 +451,44 @@ log "node $NODE"
 provision manage
 wait_state manageable 60 "enroll" "error"
 
+T_INSPECT=""
+if [[ "$MODE" == inspect || "$MODE" == all ]]; then
+	# The "machine" inspected is the sysfs/procfs fixture of a two-socket server (NICs eno1,
+	# eno2, bond0, a VLAN, InfiniBand; NVMe and SATA disks): the agent reads it with
+	# --sys-root. Ironic finds the node by a port MAC among the inventory's interfaces (eno1);
+	# BOOTIF names eno2, for which the ports hook must create a port.
+	FIXTURE=$ROOT/hardware/tests/fixtures/server
+	ENO1=3c:fd:fe:aa:bb:01 ENO2=3c:fd:fe:aa:bb:02
+	api POST /v1/ports "$(jq -cn --arg n "$NODE" --arg m "$ENO1" '{node_uuid: $n, address: $m}')" >/dev/null
+	log "inspect (agent inspection, callback $API/v1/continue_inspection)"
+	t=$(date +%s.%N)
+	provision inspect
+	# Ironic "powers the machine on" once it is waiting for the ramdisk; earlier, the lookup
+	# of continue_inspection refuses a node that is still 'inspecting'.
+	wait_state "inspect wait" 60 "inspect failed" "error"
+	start_agent inspect "BOOTIF=01-${ENO2//:/-} ipa-debug=1 ipa-inspection-callback-url=$API/v1/continue_inspection" \
+		--sys-root "$FIXTURE"
+	wait_state manageable "$STEP_TIMEOUT" "inspect failed" "error"
+	T_INSPECT=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+	stop_agent
+	# The same machine and kernel command line, read by the agent outside Ironic.
+	"$FERRIC_AGENT" inventory --sys-root "$FIXTURE" --cmdline-file "$WORK/cmdline" \
+		>"$WORK/inventory-agent.json" ||
+		die "ferric-agent inventory failed"
+	api GET "/v1/nodes/$NODE/inventory" >"$WORK/inventory-ironic.json" ||
+		die "Ironic stored no inventory"
+	api GET "/v1/ports?node=$NODE&detail=true" >"$WORK/ports.json"
+	NODE_AFTER=$(api GET "/v1/nodes/$NODE")
+	"$IRONIC_BIN/python" "$HERE/harness.py" verify-inspect "$WORK/inventory-agent.json" \
+		"$WORK/inventory-ironic.json" "$WORK/ports.json" "$ENO2" <(echo "$NODE_AFTER") ||
+		die "inspection did not store what the agent sent"
+	log "INSPECT OK: manageable after ${T_INSPECT}s; inventory stored as sent, port for BOOTIF created, cpu_arch set"
+fi
+
 T_CLEAN=""
-if [[ "$CLEAN_STEPS" != off ]]; then
+if [[ "$MODE" == inspect ]]; then
+	:
+elif [[ "$CLEAN_STEPS" != off ]]; then
 	log "provide with automated cleaning ($CLEAN_STEPS)"
 	t=$(date +%s.%N)
 	provision provide
@@ -454,7 +505,7 @@ else
 fi
 
 T_DEPLOY=""
-if [[ "$MODE" != clean ]]; then
+if [[ "$MODE" == deploy || "$MODE" == all ]]; then
 	IMG_URL=http://127.0.0.1:$IMG_PORT/disk.raw
 	api PATCH "/v1/nodes/$NODE" "$(jq -cn --arg u "$IMG_URL" --arg h "$IMG_SHA256" '[
 		{op: "add", path: "/instance_info/image_source", value: $u},
@@ -494,6 +545,7 @@ echo "ironic $IRONIC_VERSION ($(curl -fsS "$API/" | jq -r .default_version.versi
 echo "agent: $FERRIC_AGENT"
 ((T_INSTALL > 0)) && echo "ironic install: ${T_INSTALL}s"
 echo "ironic API ready at: $T_READY"
+[[ -n "$T_INSPECT" ]] && echo "manage→inspect→manageable (agent inspection): ${T_INSPECT}s"
 [[ -n "$T_CLEAN" ]] && echo "manage→provide→available (cleaning): ${T_CLEAN}s"
 [[ -n "$T_DEPLOY" ]] && echo "deploy→active: ${T_DEPLOY}s"
 echo "total: $(elapsed)"
