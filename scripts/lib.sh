@@ -3,7 +3,7 @@
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 # Debian packages the build, the tests and the demo use.
-PACKAGES=(util-linux fdisk gdisk mtools ovmf iproute2 genisoimage qemu-utils qemu-system-x86 busybox-static xz-utils cpio e2fsprogs xfsprogs btrfs-progs dosfstools lvm2 cryptsetup-bin musl-tools python3-venv)
+PACKAGES=(util-linux fdisk gdisk mtools ovmf iproute2 genisoimage qemu-utils qemu-system-x86 busybox-static xz-utils cpio e2fsprogs xfsprogs btrfs-progs dosfstools lvm2 cryptsetup-bin musl-tools python3-venv openssl)
 
 ensure_packages() {
   local missing=()

@@ -24,6 +24,15 @@ pub struct DeployState {
     pub whole_disk: bool,
 }
 
+/// Why the agent stops serving its API for good (IPA's `serve_api = False`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// `rescue.finalize_rescue`: the rescue user takes over; the agent process ends.
+    Rescue,
+    /// `system.lockdown`: nobody may reach the agent any more; it idles until power-off.
+    Lockdown,
+}
+
 /// The agent.
 pub struct Agent {
     /// Resolved configuration.
@@ -49,6 +58,9 @@ pub struct Agent {
     pub managers: ferric_hardware::Managers,
     /// The API's TLS, when it serves HTTPS (lookup's tls_min_version is applied to it).
     pub server_tls: OnceLock<Arc<crate::tls::ServerTls>>,
+    /// Set once, by rescue or lockdown: the API closes (after answering the requests in
+    /// flight) and heartbeats stop.
+    pub handover: tokio::sync::watch::Sender<Option<Handover>>,
 }
 
 impl Agent {
@@ -74,8 +86,33 @@ impl Agent {
             deploy: Mutex::new(DeployState::default()),
             force_heartbeat: Notify::new(),
             server_tls: OnceLock::new(),
+            handover: tokio::sync::watch::Sender::new(None),
             managers: ferric_hardware::Managers::generic(&config.sys_root),
             config,
+        }
+    }
+
+    /// Stop serving for good (the first reason given wins).
+    pub fn hand_over(&self, why: Handover) {
+        self.handover.send_if_modified(|h| {
+            if h.is_some() {
+                return false;
+            }
+            *h = Some(why);
+            true
+        });
+    }
+
+    /// Resolves when [`Agent::hand_over`] was called, with the reason.
+    pub async fn handed_over(&self) -> Handover {
+        let mut rx = self.handover.subscribe();
+        loop {
+            if let Some(h) = *rx.borrow_and_update() {
+                return h;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     }
 

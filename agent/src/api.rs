@@ -418,7 +418,15 @@ pub async fn serve_with(
             Ok(p) => p,
             Err(_) => return,
         };
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            h = agent.handed_over() => {
+                // Dropping the listener closes the port: new connections are refused.
+                log::info!("API closed ({h:?})");
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("accept failed: {e}");
@@ -450,6 +458,7 @@ async fn serve_connection<I>(agent: Arc<Agent>, io: I, peer: SocketAddr)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let watcher = agent.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let agent = agent.clone();
         async move {
@@ -464,7 +473,17 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(io, svc);
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = watcher.handed_over() => {
+            // Finish the request in flight (the answer to finalize_rescue or lockdown itself),
+            // then close: kept-alive connections must not outlive the API.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         log::debug!("connection from {peer} ended: {e}");
     }
 }

@@ -87,6 +87,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", global = true, hide = true)]
     pub sys_root: Option<PathBuf>,
 
+    /// Write rescue.finalize_rescue's files under DIR instead of / (tests; outside the
+    /// ramdisk finalize_rescue is refused without it).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub rescue_root: Option<PathBuf>,
+
     /// Manage UEFI boot entries in DIR as if booted in UEFI mode (tests; in the ramdisk the
     /// agent uses /sys/firmware/efi/efivars when booted in UEFI mode, elsewhere none).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -251,6 +256,8 @@ pub struct Config {
     pub sys_root: PathBuf,
     /// `--efivars-dir`: UEFI variables to manage whatever the boot mode (tests).
     pub efivars_dir: Option<PathBuf>,
+    /// `--rescue-root`: where finalize_rescue writes (tests).
+    pub rescue_root: Option<PathBuf>,
     /// Optional log file.
     pub log_file: Option<PathBuf>,
     /// The raw kernel parameters (for components that read more of them later).
@@ -453,6 +460,7 @@ impl Config {
             debug: k.flag("ipa-debug"),
             sys_root: cli.sys_root.clone().unwrap_or_else(|| PathBuf::from("/")),
             efivars_dir: cli.efivars_dir.clone(),
+            rescue_root: cli.rescue_root.clone(),
             log_file: cli.log_file.clone(),
             kernel,
         })

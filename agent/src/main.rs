@@ -2,11 +2,14 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use ferric_agent::agent::Agent;
 use ferric_agent::config::{Cli, Command, Config, KernelParams};
-use ferric_agent::{api, commands, devices, heartbeat, inspect, ironic, logging, tls};
+use ferric_agent::{
+    agent, api, commands, devices, heartbeat, inspect, ironic, logging, power, tls,
+};
 
 fn read_cmdline(cli: &Cli) -> Result<String, String> {
     let path = cli
@@ -99,8 +102,7 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
     if agent.config.standalone {
         start_serving(static_tls);
         log::info!("standalone: no lookup, no heartbeat");
-        std::future::pending::<()>().await;
-        return ExitCode::SUCCESS;
+        return after_handover(&agent, agent.handed_over().await).await;
     }
     let http = match ironic::IronicClient::http_client(&agent.config) {
         Ok(h) => h,
@@ -133,8 +135,7 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
     if agent.config.api_urls.is_empty() {
         start_serving(static_tls);
         log::info!("no ipa-api-url: inspection only, no lookup");
-        std::future::pending::<()>().await;
-        return ExitCode::SUCCESS;
+        return after_handover(&agent, agent.handed_over().await).await;
     }
 
     // Like IPA, learn Ironic's API version before serving: it decides auto TLS.
@@ -176,11 +177,45 @@ async fn run(config: Config, in_ramdisk: bool) -> ExitCode {
     if macs.is_empty() {
         log::error!("no network interface with a MAC address to look the node up with");
     }
-    match heartbeat::run(agent, http, client, macs, node_uuid, callback, verify_ca).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("giving up: {e}");
-            ExitCode::FAILURE
+    let heartbeats = heartbeat::run(
+        agent.clone(),
+        http,
+        client,
+        macs,
+        node_uuid,
+        callback,
+        verify_ca,
+    );
+    tokio::select! {
+        r = heartbeats => match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                log::error!("giving up: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        // Heartbeats stop with the API (IPA: the heartbeater stops once serve_api is off).
+        h = agent.handed_over() => after_handover(&agent, h).await,
+    }
+}
+
+/// What follows the end of the API (IPA `agent.run` after `serve_ipa_api` returns).
+async fn after_handover(agent: &Agent, why: agent::Handover) -> ExitCode {
+    // Let the connections answer their last request (the handover command's own result).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match why {
+        agent::Handover::Rescue => {
+            log::info!("rescue: the agent ends; the rescue user takes over");
+            ExitCode::SUCCESS
+        }
+        agent::Handover::Lockdown => {
+            if agent.in_ramdisk {
+                power::lock_down_network(&agent.config.sys_root);
+            } else {
+                log::info!("lockdown outside the ramdisk: this machine's network is left alone");
+            }
+            log::info!("system locked down; idling until the machine is powered off");
+            std::future::pending::<ExitCode>().await
         }
     }
 }

@@ -74,6 +74,29 @@ pub fn perform(action: PowerAction) {
     log::error!("the machine is still up after {action:?}");
 }
 
+/// `system.lockdown` in the ramdisk (IPA `_lockdown_system`): every network interface but
+/// loopback goes down, so nothing reaches the agent or the machine through the ramdisk any
+/// more. Only called in the ramdisk.
+pub fn lock_down_network(sys_root: &std::path::Path) {
+    let Ok(dir) = std::fs::read_dir(sys_root.join("sys/class/net")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        match std::process::Command::new("ip")
+            .args(["link", "set", &name, "down"])
+            .status()
+        {
+            Ok(s) if s.success() => log::info!("lockdown: {name} is down"),
+            Ok(s) => log::warn!("lockdown: ip link set {name} down: {s}"),
+            Err(e) => log::warn!("lockdown: cannot run ip for {name}: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,9 @@
 //! VM's "power-on"), optionally echoing them with a prefix; the other keeps QEMU's stderr.
 //! Both end at EOF, when QEMU exits or is killed.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -283,6 +283,9 @@ pub struct Vm {
     child: Child,
     started: Instant,
     lines: Arc<Mutex<Vec<(Duration, String)>>>,
+    /// What the console printed after its last newline (a `login: ` prompt).
+    partial: Arc<Mutex<String>>,
+    stdin: Option<ChildStdin>,
     stdout_reader: Option<JoinHandle<()>>,
     stderr_reader: Option<JoinHandle<String>>,
     exit: Option<(ExitStatus, Duration)>,
@@ -340,32 +343,51 @@ impl Vm {
     }
 
     fn spawn(mut cmd: Command, prefix: Option<String>) -> Result<Vm, String> {
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let started = Instant::now();
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
-        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
+        let stdin = child.stdin.take();
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let partial = Arc::new(Mutex::new(String::new()));
+        let (sink, partial_sink) = (lines.clone(), partial.clone());
         let stdout_reader = std::thread::Builder::new()
             .name("qemu-serial".into())
             .spawn(move || {
-                for line in BufReader::new(stdout).split(b'\n') {
-                    let Ok(line) = line else { break };
-                    // The console writes CRLF and the odd escape sequence; keep it readable.
-                    let text: String = String::from_utf8_lossy(&line)
+                // The console writes CRLF and the odd escape sequence; keep it readable.
+                let clean = |b: &[u8]| -> String {
+                    String::from_utf8_lossy(b)
                         .chars()
                         .filter(|c| *c == '\t' || !c.is_control())
-                        .collect();
-                    if let Some(p) = &prefix {
-                        println!("{p}{text}");
+                        .collect()
+                };
+                let mut pending: Vec<u8> = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match stdout.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                        let text = clean(&pending[..i]);
+                        pending.drain(..=i);
+                        if let Some(p) = &prefix {
+                            println!("{p}{text}");
+                        }
+                        lock(&sink).push((started.elapsed(), text));
                     }
-                    lock(&sink).push((started.elapsed(), text));
+                    *lock(&partial_sink) = clean(&pending);
                 }
+                if !pending.is_empty() {
+                    lock(&sink).push((started.elapsed(), clean(&pending)));
+                }
+                lock(&partial_sink).clear();
             })
             .map_err(|e| format!("cannot spawn the serial reader: {e}"))?;
         let stderr_reader = std::thread::Builder::new()
@@ -380,6 +402,8 @@ impl Vm {
             child,
             started,
             lines,
+            partial,
+            stdin,
             stdout_reader: Some(stdout_reader),
             stderr_reader: Some(stderr_reader),
             exit: None,
@@ -402,6 +426,30 @@ impl Vm {
             .iter()
             .find(|(_, l)| l.contains(needle))
             .cloned()
+    }
+
+    /// Waits up to `timeout` for `needle` on the console, in a finished line or in what it
+    /// printed after its last newline (a prompt); returns whether it appeared.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.find(needle).is_some() || lock(&self.partial).contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Types `text` on the serial console (QEMU's stdin is the guest's ttyS0).
+    pub fn type_text(&mut self, text: &str) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("QEMU's stdin is closed")?;
+        stdin
+            .write_all(text.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("typing on the console: {e}"))
     }
 
     /// The exit status and time since power-on, if QEMU has exited.

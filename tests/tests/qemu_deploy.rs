@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferric_tests::conductor::{Conductor, ConductorStatus, DeployPlan, Plan};
-use ferric_tests::e2e::BOOTIF;
+use ferric_tests::e2e::{AgentApi, BOOTIF};
 use ferric_tests::fake_ironic::{FakeIronic, FakeIronicConfig, RECORDED_MAC};
 use ferric_tests::fixtures::{
     configdrive_b64, configdrive_iso, sha256_hex, test_image, uefi_disk_image, TableKind, ESP_UUID,
@@ -375,6 +375,142 @@ fn ramdisk_under_uefi_firmware_adds_a_boot_entry_the_firmware_starts() {
         "firmware, second power-on at {:.1} s: {}",
         t.as_secs_f64(),
         line.trim()
+    );
+}
+
+/// Ironic's rescue, in the real ramdisk: after `rescue.finalize_rescue` (with the hash Ironic
+/// sends) the agent ends, `/init` creates the `rescue` user from the stored hash, restarts
+/// DHCP and offers a login on the serial console, where this test logs in with the password
+/// and runs a command.
+#[test]
+fn ramdisk_in_qemu_hands_the_console_to_the_rescue_user() {
+    const PASSWORD: &str = "Ferric-rescue-9";
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let prebuilt = std::env::var_os("FERRIC_AGENT_BIN").is_some();
+    let missing = missing_prerequisites(!prebuilt);
+    if !missing.is_empty() && skip(&format!("missing: {}", missing.join("; "))) {
+        return;
+    }
+    let target = target_dir();
+    std::fs::create_dir_all(&target).expect("create the target directory");
+    let work = tempfile::Builder::new()
+        .prefix("qemu-rescue-")
+        .tempdir_in(&target)
+        .expect("work directory");
+    let Some((_agent, _, ramdisk)) = build(work.path()) else {
+        return;
+    };
+    let ironic = FakeIronic::start(FakeIronicConfig {
+        macs: vec![RECORDED_MAC.to_string()],
+        ..Default::default()
+    })
+    .expect("fake Ironic on 127.0.0.1");
+    let disk = work.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(DISK_SIZE))
+        .expect("create the sparse disk file");
+    let agent_port = free_local_port();
+    let append = format!(
+        "console=ttyS0 panic=-1 ipa-api-url=http://10.0.2.2:{} ipa-advertise-host=127.0.0.1 \
+         ipa-advertise-port={agent_port} ipa-enable-auto-tls=0 {BOOTIF}",
+        ironic.addr().port()
+    );
+    let mut vm = Vm::start(&VmConfig {
+        vmlinuz: ramdisk.vmlinuz.clone(),
+        initramfs: ramdisk.initramfs.clone(),
+        append: append.clone(),
+        disk,
+        mac: RECORDED_MAC.to_string(),
+        agent_port,
+        memory_mib: 512,
+        echo_prefix: echo(),
+        uefi: None,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let serial_file = target.join("qemu_rescue-serial.log");
+    let fail = |vm: &mut Vm, what: &str| -> ! {
+        vm.kill();
+        let _ = std::fs::write(&serial_file, vm.serial_log());
+        panic!(
+            "{what}\nkernel command line: {append}\n---- fake Ironic requests ----\n{}\n\
+             ---- VM serial console (last 80 lines; all in {}) ----\n{}",
+            ironic.dump_requests(),
+            serial_file.display(),
+            vm.serial_tail(80)
+        )
+    };
+
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    let token = loop {
+        if !ironic.heartbeats().is_empty() {
+            if let Some(t) = ironic.node().token {
+                break t;
+            }
+        }
+        if Instant::now() >= deadline || vm.try_exit().is_some() {
+            fail(&mut vm, "no heartbeat from the ramdisk");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // What Ironic sends: a SHA-512 crypt(3) hash of the rescue password, hashed=true.
+    let salt = "ferricrs";
+    let hash = std::process::Command::new("openssl")
+        .args(["passwd", "-6", "-salt", salt, PASSWORD])
+        .output()
+        .expect("openssl (scripts/lib.sh installs it)");
+    let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    assert!(hash.starts_with("$6$ferricrs$"), "{hash}");
+    let api = AgentApi::new(&format!("http://127.0.0.1:{agent_port}"));
+    let r = api.command(
+        "rescue.finalize_rescue",
+        serde_json::json!({"rescue_password": hash, "hashed": true}),
+        true,
+        Some(&token),
+    );
+    if r.body["command_status"] != "SUCCEEDED" {
+        fail(&mut vm, &format!("finalize_rescue: {r:?}"));
+    }
+    let sent_at = vm.started_at().elapsed();
+    let login_wait = Duration::from_secs(120);
+    if !vm.wait_for("log in as 'rescue'", login_wait) {
+        fail(&mut vm, "init did not hand the machine to the rescue user");
+    }
+    if !vm.wait_for("login: ", login_wait) {
+        fail(&mut vm, "no login prompt on the serial console");
+    }
+    vm.type_text("rescue\n").unwrap_or_else(|e| panic!("{e}"));
+    if !vm.wait_for("Password: ", login_wait) {
+        fail(&mut vm, "no password prompt after the user name");
+    }
+    vm.type_text(&format!("{PASSWORD}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The shell's answer: computed, so the echoed command line cannot match it.
+    std::thread::sleep(Duration::from_secs(2));
+    vm.type_text("echo RESCUED-$((6*7)) user=$LOGNAME uid=$(id -u) $(test -e /etc/.rescued && echo marker)\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    if !vm.wait_for("RESCUED-42 user=rescue uid=0 marker", login_wait) {
+        fail(
+            &mut vm,
+            "logging in as rescue with the password did not give a shell",
+        );
+    }
+    let logged_in = vm.started_at().elapsed();
+    // The agent is gone: it is not restarted after finalize_rescue.
+    let restarts = vm
+        .lines()
+        .iter()
+        .filter(|(t, l)| *t > sent_at && l.contains("starting /usr/bin/ferric-agent"))
+        .count();
+    if restarts != 0 {
+        fail(&mut vm, "init restarted the agent after finalize_rescue");
+    }
+    vm.kill();
+    let _ = std::fs::write(&serial_file, vm.serial_log());
+    println!("\n==== ferric ramdisk in QEMU (TCG): rescue ====");
+    println!(
+        "finalize_rescue answered at {}, logged in as rescue on ttyS0 at {}",
+        secs(sent_at),
+        secs(logged_in)
     );
 }
 

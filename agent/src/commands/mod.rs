@@ -15,6 +15,7 @@
 mod image;
 mod logs;
 mod poll;
+mod rescue;
 mod standby;
 mod steps;
 
@@ -176,6 +177,14 @@ fn lookup(extension: &str, command: &str) -> Result<Spec, AgentError> {
         "poll" => match command {
             "get_hardware_info" => Some(sync(poll::get_hardware_info)),
             "get_node_info" => Some(sync(poll::get_node_info)),
+            _ => None,
+        },
+        "rescue" => match command {
+            "finalize_rescue" => Some(sync(rescue::finalize_rescue)),
+            _ => None,
+        },
+        "system" => match command {
+            "lockdown" => Some(sync(rescue::lockdown)),
             _ => None,
         },
         "log" => match command {
