@@ -10,6 +10,9 @@
 # would cost CI about two minutes for nothing. cargo-fuzz itself works too:
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run cmdline
 #
+# Installs what it needs on Debian when root (g++ for libFuzzer, qemu-img for the qcow2
+# target's comparison). scripts/test.sh runs it with 20 s per target (CI).
+#
 # Environment:
 #   FUZZ_SANITIZER=address|none   (default address; none = coverage-guided only, ~2x faster)
 #   FUZZ_JOBS=N                   targets fuzzed at once (default 1)
@@ -24,6 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/lib.sh
 
 SECS=${1:-30}
 shift || true
@@ -36,8 +40,6 @@ SANITIZER=${FUZZ_SANITIZER:-address}
 JOBS=${FUZZ_JOBS:-1}
 TRIPLE=x86_64-unknown-linux-gnu
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/fuzz/target}
-
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 ALL_TARGETS=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^ferric-fuzz$')
 TARGETS=${*:-$ALL_TARGETS}
@@ -52,16 +54,23 @@ max_len() {
   esac
 }
 
-# The fuzz workspace resolves dependencies from the main Cargo.lock, so it tests the
-# versions the agent ships with.
-if [ ! -f fuzz/Cargo.lock ] && [ -f Cargo.lock ]; then
-  cp Cargo.lock fuzz/Cargo.lock
-fi
+seed_fuzz_lock
 
-# libFuzzer's C++ runtime is compiled by libfuzzer-sys's build script.
+# libFuzzer's C++ runtime is compiled by libfuzzer-sys's build script. Without qemu-img the
+# qcow2 target only checks for crashes, not the bytes written; CI must compare.
+if [ "$(id -u)" -eq 0 ]; then
+  ensure_packages g++ qemu-utils
+fi
 if ! command -v c++ >/dev/null; then
   echo "a C++ compiler is needed to build libFuzzer (apt-get install g++)" >&2
   exit 1
+fi
+if ! command -v qemu-img >/dev/null; then
+  if [ "${CI:-}" = true ]; then
+    echo "qemu-img is needed to check the qcow2 target's output (apt-get install qemu-utils)" >&2
+    exit 1
+  fi
+  echo "WARNING: qemu-img is not installed; the qcow2 target will not compare with it" >&2
 fi
 
 # The flags `cargo fuzz build` uses (cargo-fuzz 0.13 src/project.rs), plus debug assertions
@@ -97,14 +106,17 @@ BIN_DIR=$CARGO_TARGET_DIR/$TRIPLE/release
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/ferric-fuzz.XXXXXX")
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_odr_violation=0:detect_leaks=0}
 
-# Run one target; its log goes to $SCRATCH/<target>.log, its status to <target>.rc.
+# Run one target; its log goes to $SCRATCH/<target>.log, its status to <target>.rc. libFuzzer
+# stops itself after $SECS s; `timeout` is the backstop for a run that does not (a hang in
+# loading the corpus, a stuck child process), so CI never waits for its own job timeout.
 run_target() {
   local t=$1
   local dirs=("$SCRATCH/new/$t" "$ROOT/fuzz/corpus/$t")
   mkdir -p "$SCRATCH/new/$t" "$ROOT/fuzz/artifacts/$t" "$ROOT/fuzz/corpus/$t"
   [ -d "$ROOT/fuzz/regressions/$t" ] && dirs+=("$ROOT/fuzz/regressions/$t")
+  touch "$SCRATCH/$t.start"
   local rc=0
-  "$BIN_DIR/$t" "${dirs[@]}" \
+  timeout --kill-after=10 $((SECS + 120)) "$BIN_DIR/$t" "${dirs[@]}" \
     -max_total_time="$SECS" -rss_limit_mb=1024 -timeout=10 \
     -max_len="$(max_len "$t")" -print_final_stats=1 \
     -artifact_prefix="$ROOT/fuzz/artifacts/$t/" \
@@ -141,8 +153,19 @@ done
 
 for t in "${failed[@]}"; do
   step "$t failed; last lines of its log ($SCRATCH/$t.log)"
-  grep -E 'panicked at|ERROR: |SUMMARY|Test unit written|artifact_prefix|Base64' "$SCRATCH/$t.log" | head -20 || true
+  grep -E 'panicked at|ERROR: |SUMMARY|Test unit written|artifact_prefix' "$SCRATCH/$t.log" | head -20 || true
   tail -n 30 "$SCRATCH/$t.log"
+  # The input, so that a crash on a CI machine can be reproduced from its log alone:
+  #   base64 -d > input; scripts/fuzz.sh builds $BIN_DIR/<target>; run it with the file.
+  find "$ROOT/fuzz/artifacts/$t" -type f -newer "$SCRATCH/$t.start" | while read -r a; do
+    if [ "$(stat -c %s "$a")" -le 65536 ]; then
+      echo "crashing input $a, base64:"
+      base64 -w 0 "$a"
+      echo
+    else
+      echo "crashing input $a ($(stat -c %s "$a") bytes)"
+    fi
+  done || true
 done
 
 echo

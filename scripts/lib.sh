@@ -2,12 +2,15 @@
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-# Debian packages the build, the tests and the demo use.
-PACKAGES=(util-linux fdisk gdisk mtools ovmf iproute2 genisoimage qemu-utils qemu-system-x86 busybox-static xz-utils cpio e2fsprogs xfsprogs btrfs-progs dosfstools lvm2 cryptsetup-bin musl-tools python3-venv openssl)
+# Debian packages the build, the tests and the demo use. g++: libfuzzer-sys compiles
+# libFuzzer's C++ runtime (clippy on fuzz/ and scripts/fuzz.sh).
+PACKAGES=(util-linux fdisk gdisk mtools ovmf iproute2 genisoimage qemu-utils qemu-system-x86 busybox-static xz-utils cpio e2fsprogs xfsprogs btrfs-progs dosfstools lvm2 cryptsetup-bin musl-tools python3-venv openssl g++)
 
+# Install the Debian packages given (default: all of PACKAGES) that are missing.
 ensure_packages() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
+  local want=("$@") missing=()
+  [ ${#want[@]} -gt 0 ] || want=("${PACKAGES[@]}")
+  for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -28,4 +31,12 @@ ensure_rust_targets() {
   fi
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+}
+
+# fuzz/ is a workspace of its own; resolve it with the main Cargo.lock, so clippy and the
+# fuzz targets build the dependency versions the agent ships with.
+seed_fuzz_lock() {
+  if [ ! -f fuzz/Cargo.lock ] && [ -f Cargo.lock ]; then
+    cp Cargo.lock fuzz/Cargo.lock
+  fi
 }

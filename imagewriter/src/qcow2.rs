@@ -763,8 +763,19 @@ impl<'r> Qcow2Stream<'r> {
                 self.add(hdr, sink, off, off + len, What::Compressed { guest })?;
                 continue;
             }
+            // qcow2.txt defines bit 0 ("reads as zeros") from version 3 on; qemu refuses a v2
+            // image using it as corrupt ("Zero cluster entry found in pre-v3 image"), so IPA's
+            // `qemu-img convert` fails the deploy. Writing it as zeros would accept an image
+            // the reference refuses.
+            if hdr.version < 3 && e & ZERO_FLAG != 0 {
+                return Err(bad(format!(
+                    "L2 table {index} entry {i} has the zero flag (bit 0) set, which version \
+                     {} does not define (qemu-img refuses such an image as corrupt)",
+                    hdr.version
+                )));
+            }
             let off = e & OFFSET_MASK;
-            let is_zero = off == 0 || (hdr.version >= 3 && e & ZERO_FLAG != 0);
+            let is_zero = off == 0 || e & ZERO_FLAG != 0;
             if is_zero {
                 let end = (guest + cs).min(hdr.size);
                 zero = match zero {

@@ -213,6 +213,35 @@ fn unsafe_qcow2_is_refused_before_writing() {
     }
 }
 
+/// The zero flag (bit 0 of a standard L2 entry) exists from version 3 on; qemu-img refuses a
+/// version 2 image using it as corrupt, and so must Ferric (found by the qcow2 fuzz target,
+/// fuzz/regressions/qcow2/v2-zero-flag-accepted), allocated cluster or not.
+#[test]
+fn v2_qcow2_with_the_zero_flag_is_refused() {
+    let file = fixture("v2-64k.qcow2");
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    assert_eq!(&file[4..8], &2u32.to_be_bytes());
+    let l2 = (be64(&file, be64(&file, 40) as usize) & 0x00ff_ffff_ffff_fe00) as usize;
+    // Entries of the first L2 table that map guest clusters inside the virtual size.
+    let clusters = (be64(&file, 24) / 65536) as usize;
+    let entries = || (0..clusters).map(|i| l2 + 8 * i);
+    let allocated = entries().find(|&at| be64(&file, at) != 0).unwrap();
+    let unallocated = entries().find(|&at| be64(&file, at) == 0).unwrap();
+    for at in [allocated, unallocated] {
+        let mut bad = file.clone();
+        bad[at + 7] |= 1;
+        let dev = disk(10 * MIB);
+        let err = write(&bad, Some("qcow2"), None, Some(&bad), &dev).unwrap_err();
+        assert!(
+            matches!(err, ImageError::InvalidImage(ref m)
+                if m.contains("zero flag") && m.contains("version 2")),
+            "{err:?}"
+        );
+        // qemu-img puts L2 tables before the data: refused before anything is written.
+        assert_untouched(dev.path());
+    }
+}
+
 #[test]
 fn format_must_be_the_declared_and_permitted_one() {
     let qcow = fixture("v3-64k.qcow2");

@@ -490,3 +490,74 @@ fn hostile_gpt_fields_with_valid_crcs_never_panic() {
         let _ = read_table(&f);
     }
 }
+
+/// An MBR whose second slot is an extended partition starting at LBA 0: its first EBR is the
+/// MBR itself, so the MBR's own first two entries also read as logical partitions 5 and 6.
+/// Found by the partition_table fuzz target (fuzz/regressions/partition_table/mbr-extended-at-lba-0):
+/// the config drive added to the free first slot came back twice, as partitions 1 and 5.
+#[test]
+fn mbr_extended_partition_at_lba_0_is_refused() {
+    let mut b = vec![0u8; 512];
+    b[440..444].copy_from_slice(&0x1bad_b002u32.to_le_bytes());
+    let ext = [0, 0, 0, 0, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0, 0]; // LBA 0, 2048 sectors.
+    b[446 + 16..446 + 32].copy_from_slice(&ext);
+    b[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let f = disk_from_bytes(&b, 16 * MIB);
+
+    let err = read_table(&f).unwrap_err();
+    assert!(
+        matches!(err, PartitionError::ExtendedAtLba0 { number: 2 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("LBA 0"), "{err}");
+    let err = add_partition_at_end(&f, MIB, "config-2").unwrap_err();
+    assert!(
+        matches!(err, PartitionError::ExtendedAtLba0 { .. }),
+        "{err}"
+    );
+    assert_eq!(read_at(&f, 0, 512), b, "nothing written");
+}
+
+/// A GPT whose primary entry array is at LBA 0, in the protective MBR (4 entries of 128 bytes:
+/// the fourth holds the MBR's partition table and its 0x55AA). Found by the partition_table
+/// fuzz target (fuzz/regressions/partition_table/gpt-entries-at-lba-0): adding the config
+/// drive wrote its entry into the fourth slot and wiped the MBR, so the disk had no partition
+/// table left; growing the protective MBR broke the entry array's CRC.
+#[test]
+fn gpt_entry_array_over_the_mbr_is_not_edited() {
+    let mut b = image("gpt");
+    // The fixture's two entries and a third, copied to LBA 0; the fourth slot is the MBR's
+    // partition table (its type GUID bytes, in the zeroed boot code, make it look free).
+    let entries = b[1024..1024 + 256].to_vec();
+    b[..256].copy_from_slice(&entries);
+    b[256..384].copy_from_slice(&entries[128..]);
+    b[256 + 16] ^= 1; // Its own unique GUID.
+    assert_eq!(b[384..400], [0u8; 16]);
+    let crc = crc32fast::hash(&b[..512]);
+    b[512 + 72..512 + 80].copy_from_slice(&0u64.to_le_bytes());
+    b[512 + 80..512 + 84].copy_from_slice(&4u32.to_le_bytes());
+    b[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+    b[512 + 16..512 + 20].fill(0);
+    let crc = crc32fast::hash(&b[512..512 + 92]);
+    b[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+    let f = disk_from_bytes(&b, 16 * MIB);
+
+    // The backup at the end of the disk is intact and is what a reader gets.
+    match read_table(&f).unwrap().unwrap() {
+        PartitionTable::Gpt { from_backup, .. } => assert!(from_backup),
+        t => panic!("{t:?}"),
+    }
+    for err in [
+        fix_gpt_backup(&f).unwrap_err(),
+        add_partition_at_end(&f, MIB, "config-2").unwrap_err(),
+    ] {
+        match &err {
+            PartitionError::PrimaryGptDamaged { reason } => {
+                assert!(reason.contains("entry array"), "{err}");
+                assert!(reason.contains("LBA 0"), "{err}");
+            }
+            e => panic!("{e}"),
+        }
+    }
+    assert_eq!(read_at(&f, 0, 1024), b[..1024], "nothing written");
+}

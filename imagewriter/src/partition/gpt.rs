@@ -105,7 +105,47 @@ impl Header {
                 h.last_usable()
             ));
         }
+        h.check_layout(sector.len() as u64)?;
         Ok(h)
+    }
+
+    /// The structures must not overlap (UEFI 2.10 §5.3.2: the primary entry array lies after
+    /// the primary header and ends before the first usable LBA, the backup array after the
+    /// last usable LBA and before the backup header). An edit writes the entry array, the
+    /// header and later the new partition's contents where the header says: with an array in
+    /// LBA 0 a new entry overwrites the protective MBR, with an array on a header the header
+    /// overwrites the entries, and a partition in LBA 0–1 overwrites both. The kernel does not
+    /// check this; `sgdisk -v` reports "Main partition table appears impossibly early".
+    fn check_layout(&self, sector_size: u64) -> Result<(), String> {
+        // No overflow: every LBA is below MAX_LBA and the array below MAX_ENTRY_ARRAY bytes.
+        let array = self.entries_lba()
+            ..self.entries_lba() + (self.entries_len() as u64).div_ceil(sector_size);
+        let usable = self.first_usable()..self.last_usable() + 1;
+        let overlaps =
+            |a: &std::ops::Range<u64>, b: &std::ops::Range<u64>| a.start < b.end && b.start < a.end;
+        let fixed = [
+            ("LBA 0-1 (protective MBR and primary header)", 0..2),
+            ("this header", self.my_lba()..self.my_lba() + 1),
+        ];
+        for (what, other) in fixed.iter().chain([&("the usable LBAs", usable.clone())]) {
+            if overlaps(&array, other) {
+                return Err(format!(
+                    "its partition entry array (LBA {}..={}) overlaps {what}",
+                    array.start,
+                    array.end - 1
+                ));
+            }
+        }
+        for (what, other) in &fixed {
+            if overlaps(&usable, other) {
+                return Err(format!(
+                    "its usable LBAs {}..={} include {what}",
+                    usable.start,
+                    usable.end - 1
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn my_lba(&self) -> u64 {
@@ -303,6 +343,49 @@ mod tests {
         let crc = header_crc(&s[..92]);
         s[16..20].copy_from_slice(&crc.to_le_bytes());
         assert!(Header::parse(&s, 1).unwrap_err().contains("exceeds"));
+    }
+
+    /// `header_sector` with the u64 at `off` set to `v` and a fresh CRC.
+    fn with_u64(off: usize, v: u64) -> Vec<u8> {
+        let mut s = header_sector();
+        s[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        s[16..20].fill(0);
+        let crc = header_crc(&s[..92]);
+        s[16..20].copy_from_slice(&crc.to_le_bytes());
+        s
+    }
+
+    #[test]
+    fn overlapping_structures_are_refused() {
+        // The entry array on the protective MBR or on the header itself.
+        for lba in [0, 1] {
+            let err = Header::parse(&with_u64(72, lba), 1).unwrap_err();
+            assert!(err.contains("LBA 0-1"), "{err}");
+        }
+        // The array (LBA 2..=33) reaching into the usable LBAs.
+        let err = Header::parse(&with_u64(40, 33), 1).unwrap_err();
+        assert!(err.contains("overlaps the usable LBAs"), "{err}");
+        // Usable LBAs that include the protective MBR and the header (array moved away).
+        let mut s = with_u64(72, 67);
+        s[40..48].copy_from_slice(&0u64.to_le_bytes());
+        s[16..20].fill(0);
+        let crc = header_crc(&s[..92]);
+        s[16..20].copy_from_slice(&crc.to_le_bytes());
+        let err = Header::parse(&s, 1).unwrap_err();
+        assert!(err.contains("usable LBAs 0..=66 include LBA 0-1"), "{err}");
+        // A backup header (LBA 99) whose array runs onto itself: LBA 67..=98 is fine, 68 is not.
+        let backup = |entries_lba| {
+            let mut s = with_u64(72, entries_lba);
+            s[24..32].copy_from_slice(&99u64.to_le_bytes());
+            s[32..40].copy_from_slice(&1u64.to_le_bytes());
+            s[16..20].fill(0);
+            let crc = header_crc(&s[..92]);
+            s[16..20].copy_from_slice(&crc.to_le_bytes());
+            s
+        };
+        assert!(Header::parse(&backup(67), 99).is_ok());
+        let err = Header::parse(&backup(68), 99).unwrap_err();
+        assert!(err.contains("overlaps this header"), "{err}");
     }
 
     #[test]

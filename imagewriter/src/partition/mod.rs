@@ -170,6 +170,16 @@ pub enum PartitionError {
         /// What is wrong.
         reason: String,
     },
+    /// An MBR extended partition starts at LBA 0. Its first EBR would be the MBR itself, whose
+    /// first two entries would then also count as logical partitions: a partition added to one
+    /// of those slots would appear twice.
+    #[error(
+        "MBR partition {number} is an extended partition starting at LBA 0, on the MBR itself"
+    )]
+    ExtendedAtLba0 {
+        /// Its partition number (1–4).
+        number: u32,
+    },
     /// The table describes space beyond the end of the disk.
     #[error("the partition table needs {table_end} bytes but the disk has only {disk_size} bytes")]
     DiskTooSmall {
@@ -453,6 +463,12 @@ fn mbr_table(
         // The kernel skips empty slots and zero-length entries alike.
         if e.kind == 0 || e.sectors == 0 {
             continue;
+        }
+        // The kernel would read the MBR as the first EBR; no partitioning tool writes this.
+        if e.is_extended() && e.start == 0 {
+            return Err(PartitionError::ExtendedAtLba0 {
+                number: i as u32 + 1,
+            });
         }
         let (start, sectors) = (u64::from(e.start), u64::from(e.sectors));
         entries.push(mbr_entry(
