@@ -330,6 +330,27 @@ def partition_seeds():
     put("partition_table", "edit-mbr-grown", b"\x0c" + disk)
     put("partition_table", "edit-mbr-full", b"\x0c" + mbr([(0x83, 1, 1), (0x83, 2, 1), (0x0C, 3, 1), (0x07, 4, 1)]))
 
+    # wipe_plan: flag (bit 0: 4096-byte sectors), device size (0: the data's), split byte
+    # (255: all data at the start), data.
+    def wipe(name, data, size=0, flag=0, split=255):
+        put("wipe_plan", name, bytes([flag]) + struct.pack("<Q", size) + bytes([split]) + data)
+
+    wipe("gpt-small", small)
+    wipe("gpt-128", std)
+    wipe("gpt-primary-damaged", bad)
+    wipe("mbr-logical", disk)
+    wipe("gpt-hybrid-mbr", hybrid)
+    wipe("gpt-128-on-4kn", std, flag=1)
+    # A 300 GiB device: the 128-entry GPT's first 34 sectors at its start, the backup array
+    # and header at its end (split after 34 of the 72 sectors).
+    wipe("gpt-128-300gib", std, size=300 << 30, split=34 * 255 // 72 + 1)
+    # A DDF anchor (magic DE11DE11) in the last sector, naming headers 8 and 16 sectors in.
+    anchor = bytearray(SECTOR)
+    anchor[0:4] = b"\xde\x11\xde\x11"
+    anchor[96:104] = struct.pack(">Q", 8)
+    anchor[104:112] = struct.pack(">Q", 16)
+    wipe("ddf-anchor", bytes(anchor), size=64 << 20, split=0)
+
 
 def qcow2_seeds():
     """Small qcow2 files from qemu-img (skipped with a note when it is missing), plus the

@@ -48,7 +48,7 @@ TARGETS=${*:-$ALL_TARGETS}
 # rest parse short text, where small inputs keep the exec rate high.
 max_len() {
   case $1 in
-    partition_table | qcow2) echo 65536 ;;
+    partition_table | qcow2 | wipe_plan) echo 65536 ;;
     configdrive) echo 16384 ;;
     *) echo 4096 ;;
   esac

@@ -44,6 +44,50 @@ use crate::sysfs::under;
 pub use erase::wipe_device_metadata;
 pub use metadata::MetadataWipe;
 
+/// The byte ranges `erase_devices_metadata` would zero on a device of `size` bytes and logical
+/// sector size `lbs` that holds `head` at its start and `tail` at its end (zeros between), as
+/// sorted, disjoint `(start, len)` pairs. The tables and signatures it reads are a previous
+/// tenant's, so the `wipe_plan` fuzz target drives this; nothing is opened or written.
+#[doc(hidden)]
+pub fn metadata_wipe_plan(head: &[u8], tail: &[u8], size: u64, lbs: u64) -> Vec<(u64, u64)> {
+    struct Sparse<'a> {
+        head: &'a [u8],
+        tail: &'a [u8],
+        size: u64,
+    }
+    impl ptable::ReadAt for Sparse<'_> {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let end = offset
+                .checked_add(buf.len() as u64)
+                .filter(|&e| e <= self.size)
+                .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            buf.fill(0);
+            // Copies the part of `bytes` (which sit at `at` on the device) that the read covers.
+            let mut copy = |bytes: &[u8], at: u64| {
+                let from = offset.max(at);
+                let to = end.min(at.saturating_add(bytes.len() as u64));
+                if from < to {
+                    let (n, src, dst) = (
+                        (to - from) as usize,
+                        (from - at) as usize,
+                        (from - offset) as usize,
+                    );
+                    buf[dst..dst + n].copy_from_slice(&bytes[src..src + n]);
+                }
+            };
+            copy(self.head, 0);
+            copy(self.tail, self.size.saturating_sub(self.tail.len() as u64));
+            Ok(())
+        }
+    }
+    let dev = Sparse { head, tail, size };
+    let tables = ptable::read_tables(&dev, size, lbs);
+    metadata::plan(&dev, size, &tables.partitions, &tables.ebrs)
+        .into_iter()
+        .map(|e| (e.start, e.len))
+        .collect()
+}
+
 /// What a long operation is doing, for [`Progress`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -507,6 +551,32 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wipe_plan_reads_the_tail_where_the_device_ends() {
+        // A DDF anchor in the last sector of a 1 GiB device naming headers 512 MB and
+        // 768 MB in: the plan zeroes both ends and exactly those two sectors.
+        let mut anchor = vec![0u8; 512];
+        anchor[0..4].copy_from_slice(&[0xDE, 0x11, 0xDE, 0x11]);
+        anchor[96..104].copy_from_slice(&1_000_000u64.to_be_bytes());
+        anchor[104..112].copy_from_slice(&1_500_000u64.to_be_bytes());
+        let size = 1u64 << 30;
+        let mib = 1u64 << 20;
+        assert_eq!(
+            metadata_wipe_plan(&[], &anchor, size, 512),
+            vec![
+                (0, mib),
+                (512_000_000, 512),
+                (768_000_000, 512),
+                (size - mib, mib)
+            ]
+        );
+        // Without the anchor only the ends.
+        assert_eq!(
+            metadata_wipe_plan(&[], &[0u8; 512], size, 512),
+            vec![(0, mib), (size - mib, mib)]
+        );
+    }
     use crate::manager::DeviceFilter;
     use serde_json::json;
 
