@@ -123,6 +123,11 @@ pub fn select_install_device(config: &Config, node: Option<&Value>) -> Result<Pa
             .collect();
         let dev = hw::hints::select(&candidates, &parsed)
             .map_err(|e| AgentError::device_not_found(e.to_string()))?;
+        log::info!(
+            "install device {} chosen by root device hints {h} (by_path {})",
+            dev.name,
+            dev.by_path.as_deref().unwrap_or("none")
+        );
         return Ok(PathBuf::from(&dev.name));
     }
     hw::default_root_device(&devices)

@@ -64,7 +64,8 @@ pub struct BlockDevice {
     pub wwn_vendor_extension: Option<String>,
     /// SCSI address `host:channel:target:lun`.
     pub hctl: Option<String>,
-    /// `/dev/disk/by-path/…` link pointing at the device, when udev made one.
+    /// `/dev/disk/by-path/…` link pointing at the device, when udev made one; without udev,
+    /// the name udev would have made (see `path_id`).
     pub by_path: Option<String>,
     /// Logical sector size in bytes (lsblk `LOG-SEC`).
     pub logical_sectors: Option<u32>,
@@ -398,7 +399,14 @@ fn read_device(
     let tran = transport(root, kname, &device_dir, hctl.as_deref());
     let name = format!("/dev/{kname}");
     Ok(BlockDevice {
-        by_path: by_path.get(&name).cloned(),
+        // Without udev (the Ferric ramdisk) there is no by-path directory: compose the name
+        // udev would have linked.
+        by_path: by_path.get(&name).cloned().or_else(|| {
+            if under(root, "dev/disk/by-path").is_dir() {
+                return None;
+            }
+            crate::path_id::by_path_name(root, kname).map(|p| format!("/dev/disk/by-path/{p}"))
+        }),
         name,
         model,
         size,

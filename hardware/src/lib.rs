@@ -27,6 +27,7 @@ pub mod lldp;
 pub mod manager;
 pub mod memory;
 pub mod net;
+mod path_id;
 #[allow(unsafe_code)]
 mod sys;
 mod sysfs;

@@ -216,6 +216,12 @@ pub fn build_ramdisk(
     Ok(r)
 }
 
+/// The PCI slot of the VM's virtio disk (bus 0, function 0): the disk is
+/// `/dev/disk/by-path/pci-0000:00:04.0` to udev, and to the agent without udev.
+pub const DISK_PCI_SLOT: u32 = 4;
+/// The disk's by-path name in the guest.
+pub const DISK_BY_PATH: &str = "/dev/disk/by-path/pci-0000:00:04.0";
+
 /// How to boot the VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -225,7 +231,8 @@ pub struct VmConfig {
     pub initramfs: PathBuf,
     /// Kernel command line.
     pub append: String,
-    /// Raw disk image attached as a virtio disk (`/dev/vda` in the guest).
+    /// Raw disk image attached as a virtio disk (`/dev/vda` in the guest, in PCI slot
+    /// [`DISK_PCI_SLOT`]).
     pub disk: PathBuf,
     /// MAC address of the virtio NIC.
     pub mac: String,
@@ -309,11 +316,15 @@ impl Vm {
                 cfg.agent_port
             ))
             .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={}", cfg.mac))
+            .arg(format!("virtio-net-pci,netdev=n0,mac={},addr=0x3", cfg.mac))
             .arg("-drive")
             .arg(format!(
-                "file={},if=virtio,format=raw,cache=writeback",
+                "file={},if=none,id=disk0,format=raw,cache=writeback",
                 cfg.disk.display()
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-blk-pci,drive=disk0,addr={DISK_PCI_SLOT:#x}"
             ));
         if let Some(u) = &cfg.uefi {
             u.args(&mut cmd);

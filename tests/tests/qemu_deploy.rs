@@ -1,7 +1,8 @@
 //! The whole product in a virtual machine: the real ramdisk (Debian kernel, busybox init, the
 //! static musl `ferric-agent`) boots in QEMU (TCG), finds the fake Ironic on the host through
 //! user-mode networking, is driven through a whole-disk deploy by the fake conductor, writes
-//! a generated GPT image and the recorded config drive to its virtio disk, and powers the VM
+//! a generated GPT image and the recorded config drive to its virtio disk (chosen by a `by_path`
+//! root device hint, which the agent resolves from sysfs: the ramdisk has no udev), and powers the VM
 //! off on `standby.power_off`. The disk file is then checked byte by byte. A second test
 //! boots the same ramdisk under UEFI firmware (OVMF) and checks, by powering the VM on again,
 //! that the firmware starts the boot entry `image.install_bootloader` added to its NVRAM.
@@ -32,7 +33,7 @@ use ferric_tests::fixtures::{
 use ferric_tests::image_server::ImageServer;
 use ferric_tests::qemu::{
     build_musl_agent, build_ramdisk, load_average, missing_prerequisites, target_dir,
-    verify_whole_disk_deploy, Ramdisk, Uefi, Vm, VmConfig,
+    verify_whole_disk_deploy, Ramdisk, Uefi, Vm, VmConfig, DISK_BY_PATH,
 };
 use ferric_tests::util::{free_local_port, in_ci, skip_or_fail};
 
@@ -120,9 +121,15 @@ fn ramdisk_in_qemu_deploys_a_whole_disk_image_and_powers_off() {
     let images = ImageServer::start().expect("image server on 127.0.0.1");
     images.add("disk.raw", image.bytes.clone());
     let image_url = format!("http://10.0.2.2:{}/disk.raw", images.addr().port());
+    // The install disk is chosen by a by_path root device hint: the ramdisk has no udev, so
+    // this only matches when the agent composes udev's name from sysfs itself.
+    let defaults = FakeIronicConfig::default();
+    let mut properties = defaults.properties.clone();
+    properties["root_device"] = serde_json::json!({ "by_path": DISK_BY_PATH });
     let ironic = FakeIronic::start(FakeIronicConfig {
         macs: vec![RECORDED_MAC.to_string()],
-        ..Default::default()
+        properties,
+        ..defaults
     })
     .expect("fake Ironic on 127.0.0.1");
     let plan = DeployPlan::whole_disk_raw(
@@ -173,6 +180,16 @@ fn ramdisk_in_qemu_deploys_a_whole_disk_image_and_powers_off() {
         )
     };
 
+    let chosen = vm.find("chosen by root device hints").map(|(_, l)| l);
+    if !chosen
+        .as_deref()
+        .is_some_and(|l| l.contains("install device /dev/vda") && l.contains(DISK_BY_PATH))
+    {
+        fail(
+            &mut vm,
+            &format!("the install disk was not chosen by the by_path hint: {chosen:?}"),
+        );
+    }
     let written = match verify_whole_disk_deploy(&disk, &image_file, &image.bytes, &iso) {
         Ok(w) => w,
         Err(e) => fail(&mut vm, &format!("the disk does not hold the deploy: {e}")),
@@ -635,6 +652,7 @@ fn print_agent_lines(vm: &Vm) {
         "GPT backup moved",
         "config drive (",
         "disks synced",
+        "chosen by root device hints",
     ] {
         if let Some((t, line)) = vm.find(needle) {
             println!("  vm [{:6.1}s] {}", t.as_secs_f64(), line.trim());
