@@ -13,7 +13,7 @@
 //! - `image-download` reads the source (length check, progress) into 1 MiB page-aligned
 //!   [`Chunk`]s and hands each to the hashers and the converter (shared, not copied).
 //! - `image-hash-N` feeds every chunk to one digest (a second digest gets its own thread).
-//! - The converter ([`crate::write`]) detects the format, unwraps gzip/zstd/xz, turns qcow2 into
+//! - The converter ([`crate::write`]) detects the format, unwraps gzip/zstd, turns qcow2 into
 //!   guest writes, and emits [`WriteOp`]s through a [`Sink`], which holds back the first MiB.
 //! - `image-writer` ([`run_writer`]) writes data with O_DIRECT where the device allows it,
 //!   turns aligned all-zero blocks and known-zero ranges into BLKZEROOUT (block devices) or
