@@ -1,7 +1,7 @@
 //! The image pipeline on hostile image files: `write::write_stream_with` reads the fuzz input
 //! as the downloaded image (qcow2 above all, and the gzip/zstd containers and raw images
-//! format detection lets through; xz is refused) and writes it to an 8 MiB scratch file standing in for the
-//! disk. The digest is the input's own sha256, so a well-formed input goes all the way to
+//! format detection lets through; xz is refused) and writes it to an 8 MiB scratch file
+//! standing in for the disk. The digest is the input's own sha256, so a well-formed input goes all the way to
 //! the commit of the first MiB.
 //!
 //! Checked beyond "no panic": an uncompressed raw image reads back byte for byte, a report never claims
