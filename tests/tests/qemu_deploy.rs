@@ -93,6 +93,53 @@ fn build(work: &Path) -> Option<(std::path::PathBuf, Duration, Ramdisk)> {
     }
 }
 
+/// A ramdisk VM booted against `ironic`: its sparse [`DISK_SIZE`] disk in `work`, the kernel
+/// command line (with `extra_append`) and the host port its agent API is forwarded from.
+struct Booted {
+    vm: Vm,
+    append: String,
+    disk: std::path::PathBuf,
+    agent_port: u16,
+}
+
+fn boot_ramdisk(
+    ramdisk: &Ramdisk,
+    ironic: &FakeIronic,
+    work: &Path,
+    extra_append: &str,
+    memory_mib: u32,
+    uefi: Option<Uefi>,
+) -> Booted {
+    let disk = work.join("disk.raw");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(DISK_SIZE))
+        .expect("create the sparse disk file");
+    let agent_port = free_local_port();
+    let append = format!(
+        "console=ttyS0 panic=-1 ipa-api-url=http://10.0.2.2:{} ipa-advertise-host=127.0.0.1 \
+         ipa-advertise-port={agent_port} {extra_append}{BOOTIF}",
+        ironic.addr().port()
+    );
+    let vm = Vm::start(&VmConfig {
+        vmlinuz: ramdisk.vmlinuz.clone(),
+        initramfs: ramdisk.initramfs.clone(),
+        append: append.clone(),
+        disk: disk.clone(),
+        mac: RECORDED_MAC.to_string(),
+        agent_port,
+        memory_mib,
+        echo_prefix: echo(),
+        uefi,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    Booted {
+        vm,
+        append,
+        disk,
+        agent_port,
+    }
+}
+
 #[test]
 fn ramdisk_in_qemu_deploys_a_whole_disk_image_and_powers_off() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,28 +186,12 @@ fn ramdisk_in_qemu_deploys_a_whole_disk_image_and_powers_off() {
     );
     let conductor = Conductor::start(&ironic, Plan::Deploy(plan));
 
-    let disk = work.path().join("disk.raw");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(DISK_SIZE))
-        .expect("create the sparse disk file");
-    let agent_port = free_local_port();
-    let append = format!(
-        "console=ttyS0 panic=-1 ipa-api-url=http://10.0.2.2:{} ipa-advertise-host=127.0.0.1 \
-         ipa-advertise-port={agent_port} {BOOTIF}",
-        ironic.addr().port()
-    );
-    let mut vm = Vm::start(&VmConfig {
-        vmlinuz: ramdisk.vmlinuz.clone(),
-        initramfs: ramdisk.initramfs.clone(),
-        append: append.clone(),
-        disk: disk.clone(),
-        mac: RECORDED_MAC.to_string(),
-        agent_port,
-        memory_mib: 1024,
-        echo_prefix: echo(),
-        uefi: None,
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let Booted {
+        mut vm,
+        append,
+        disk,
+        ..
+    } = boot_ramdisk(&ramdisk, &ironic, work.path(), "", 1024, None);
     // Conductor times count from the fake Ironic's start; the VM's from its power-on.
     let offset = vm.started_at().duration_since(ironic.started_at());
     let since_power_on = |d: Duration| d.saturating_sub(offset);
@@ -307,28 +338,12 @@ fn ramdisk_under_uefi_firmware_adds_a_boot_entry_the_firmware_starts() {
     let plan = DeployPlan::whole_disk_raw(&image_url, &sha256_hex(&image), None);
     assert_eq!(plan.boot_mode, "uefi");
     let conductor = Conductor::start(&ironic, Plan::Deploy(plan));
-    let disk = work.path().join("disk.raw");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(DISK_SIZE))
-        .expect("create the sparse disk file");
-    let agent_port = free_local_port();
-    let append = format!(
-        "console=ttyS0 panic=-1 ipa-api-url=http://10.0.2.2:{} ipa-advertise-host=127.0.0.1 \
-         ipa-advertise-port={agent_port} {BOOTIF}",
-        ironic.addr().port()
-    );
-    let mut vm = Vm::start(&VmConfig {
-        vmlinuz: ramdisk.vmlinuz.clone(),
-        initramfs: ramdisk.initramfs.clone(),
-        append: append.clone(),
-        disk: disk.clone(),
-        mac: RECORDED_MAC.to_string(),
-        agent_port,
-        memory_mib: 1024,
-        echo_prefix: echo(),
-        uefi: Some(uefi.clone()),
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let Booted {
+        mut vm,
+        append,
+        disk,
+        ..
+    } = boot_ramdisk(&ramdisk, &ironic, work.path(), "", 1024, Some(uefi.clone()));
     let serial_file = target.join("qemu_uefi-serial.log");
     let (status, _) =
         deploy_and_power_off(&mut vm, &conductor, &ironic, &images, &append, &serial_file);
@@ -422,28 +437,19 @@ fn ramdisk_in_qemu_hands_the_console_to_the_rescue_user() {
         ..Default::default()
     })
     .expect("fake Ironic on 127.0.0.1");
-    let disk = work.path().join("disk.raw");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(DISK_SIZE))
-        .expect("create the sparse disk file");
-    let agent_port = free_local_port();
-    let append = format!(
-        "console=ttyS0 panic=-1 ipa-api-url=http://10.0.2.2:{} ipa-advertise-host=127.0.0.1 \
-         ipa-advertise-port={agent_port} ipa-enable-auto-tls=0 {BOOTIF}",
-        ironic.addr().port()
-    );
-    let mut vm = Vm::start(&VmConfig {
-        vmlinuz: ramdisk.vmlinuz.clone(),
-        initramfs: ramdisk.initramfs.clone(),
-        append: append.clone(),
-        disk,
-        mac: RECORDED_MAC.to_string(),
+    let Booted {
+        mut vm,
+        append,
         agent_port,
-        memory_mib: 512,
-        echo_prefix: echo(),
-        uefi: None,
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+        ..
+    } = boot_ramdisk(
+        &ramdisk,
+        &ironic,
+        work.path(),
+        "ipa-enable-auto-tls=0 ",
+        512,
+        None,
+    );
     let serial_file = target.join("qemu_rescue-serial.log");
     let fail = |vm: &mut Vm, what: &str| -> ! {
         vm.kill();
