@@ -137,33 +137,37 @@ pub fn collect(
     found
 }
 
+/// A frame as a switch sends it, for the unit and veth tests: to the LLDP multicast address,
+/// with `ethertype`, chassis ID (MAC), port ID (interface name `Ethernet1/7`), TTL 120, system
+/// name `switch-a`, End, padded to Ethernet's 60-byte minimum.
+#[doc(hidden)]
+pub fn switch_frame(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e];
+    f.extend_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    let tlv = |t: u8, v: &[u8]| {
+        let mut b = ((u16::from(t) << 9) | v.len() as u16)
+            .to_be_bytes()
+            .to_vec();
+        b.extend_from_slice(v);
+        b
+    };
+    f.extend(tlv(1, &[4, 0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]));
+    f.extend(tlv(2, b"\x05Ethernet1/7"));
+    f.extend(tlv(3, &[0, 120]));
+    f.extend(tlv(5, b"switch-a"));
+    f.extend(tlv(0, b""));
+    f.resize(f.len().max(60), 0);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A frame as a switch sends it: chassis ID (MAC), port ID (interface name), TTL, system
-    /// name, End.
-    pub(crate) fn switch_frame() -> Vec<u8> {
-        let mut f = vec![0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e]; // LLDP multicast
-        f.extend_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
-        f.extend_from_slice(&[0x88, 0xcc]);
-        let tlv = |t: u8, v: &[u8]| {
-            let h = (u16::from(t) << 9) | v.len() as u16;
-            let mut b = h.to_be_bytes().to_vec();
-            b.extend_from_slice(v);
-            b
-        };
-        f.extend(tlv(1, &[4, 0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]));
-        f.extend(tlv(2, b"\x05Ethernet1/7"));
-        f.extend(tlv(3, &[0, 120]));
-        f.extend(tlv(5, b"switch-a"));
-        f.extend(tlv(0, b""));
-        f
-    }
-
     #[test]
     fn tlvs_are_parsed_up_to_the_end_tlv() {
-        let tlvs = frame_tlvs(&switch_frame()).unwrap();
+        let tlvs = frame_tlvs(&switch_frame(crate::sys::ETH_P_LLDP)).unwrap();
         let kinds: Vec<u8> = tlvs.iter().map(|(t, _)| *t).collect();
         assert_eq!(kinds, [1, 2, 3, 5]);
         assert_eq!(hex(&tlvs[1].1), hex(b"\x05Ethernet1/7"));
@@ -173,11 +177,10 @@ mod tests {
     #[test]
     fn hostile_frames_end_the_list_without_panicking() {
         // Not LLDP, too short, a TLV longer than the frame, an endless run of empty TLVs.
-        let mut ip = switch_frame();
-        ip[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = switch_frame(0x0800);
         assert_eq!(frame_tlvs(&ip), None);
         assert_eq!(frame_tlvs(&[0u8; 10]), None);
-        let mut f = switch_frame()[..14].to_vec();
+        let mut f = switch_frame(crate::sys::ETH_P_LLDP)[..14].to_vec();
         f.extend_from_slice(&[0x02, 0xff, 1, 2, 3]);
         assert_eq!(frame_tlvs(&f), Some(vec![]));
         let empty: Vec<u8> = std::iter::repeat_n([0x02u8, 0x00], 1000)

@@ -55,27 +55,6 @@ fn facility(test: &str) -> bool {
     tool(test, "ip")
 }
 
-/// chassis ID (MAC), port ID (interface name "Ethernet1/7"), TTL 120, system name, End.
-fn switch_frame(ethertype: [u8; 2]) -> Vec<u8> {
-    let mut f = vec![0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e];
-    f.extend_from_slice(&[0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]);
-    f.extend_from_slice(&ethertype);
-    let tlv = |t: u8, v: &[u8]| {
-        let mut b = ((u16::from(t) << 9) | v.len() as u16)
-            .to_be_bytes()
-            .to_vec();
-        b.extend_from_slice(v);
-        b
-    };
-    f.extend(tlv(1, &[4, 0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc]));
-    f.extend(tlv(2, b"\x05Ethernet1/7"));
-    f.extend(tlv(3, &[0, 120]));
-    f.extend(tlv(5, b"switch-a"));
-    f.extend(tlv(0, b""));
-    f.resize(f.len().max(60), 0);
-    f
-}
-
 /// Sends raw Ethernet frames out of `iface`.
 fn send(iface: &str, frames: &[Vec<u8>]) {
     use nix::libc;
@@ -131,7 +110,10 @@ fn collect_reports_the_switch_tlvs_heard_on_each_interface() {
     // An IPv4 frame first (not LLDP: never reported), then the LLDP frame.
     send(
         &v.b,
-        &[switch_frame([0x08, 0x00]), switch_frame([0x88, 0xcc])],
+        &[
+            lldp::switch_frame(0x0800), // IPv4: must be ignored
+            lldp::switch_frame(0x88cc), // LLDP
+        ],
     );
     let found = listener.join().expect("collect panicked");
     let took = t0.elapsed();
