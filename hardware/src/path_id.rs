@@ -331,6 +331,17 @@ mod tests {
             std::fs::write(p, format!("{value}\n")).unwrap();
             self
         }
+        /// A SCSI disk `kname` at `hctl` under `parent`: its target, its scsi_device, the
+        /// block device and the sys/class/block link.
+        fn scsi_disk(&self, parent: &str, hctl: &str, kname: &str) -> &Self {
+            let target = format!("{parent}/target{}", &hctl[..hctl.rfind(':').unwrap()]);
+            let sdev = format!("{target}/{hctl}");
+            let block = format!("{sdev}/block/{kname}");
+            self.device(&target, "scsi", Some("scsi_target"))
+                .device(&sdev, "scsi", Some("scsi_device"))
+                .device(&block, "block", Some("disk"))
+                .class("block", kname, &block)
+        }
         /// `sys/class/<class>/<name>` → a device directory under sys/devices.
         fn class(&self, class: &str, name: &str, target_rel: &str) -> &Self {
             let dir = self.root().join("sys/class").join(class);
@@ -349,20 +360,16 @@ mod tests {
         let t = Tree::new();
         let pci = "pci0000:00/0000:00:1f.2";
         let host = format!("{pci}/ata3/host2");
-        let sdev = format!("{host}/target2:0:0/2:0:0:0");
         t.device(pci, "pci", None)
             .device(&format!("{pci}/ata3"), "", None)
             .device(&format!("{pci}/ata3/ata_port/ata3"), "ata_port", None)
             .device(&host, "scsi", Some("scsi_host"))
-            .device(&format!("{host}/target2:0:0"), "scsi", Some("scsi_target"))
-            .device(&sdev, "scsi", Some("scsi_device"))
-            .device(&format!("{sdev}/block/sda"), "block", Some("disk"))
+            .scsi_disk(&host, "2:0:0:0", "sda")
             .attr(
                 &format!("sys/devices/{pci}/ata3/ata_port/ata3/port_no"),
                 "3",
             )
-            .class("ata_port", "ata3", &format!("{pci}/ata3/ata_port/ata3"))
-            .class("block", "sda", &format!("{sdev}/block/sda"));
+            .class("ata_port", "ata3", &format!("{pci}/ata3/ata_port/ata3"));
         assert_eq!(
             by_path_name(t.root(), "sda").as_deref(),
             Some("pci-0000:00:1f.2-ata-3.0")
@@ -439,13 +446,9 @@ mod tests {
         // Direct: host0/port-0:0/end_device-0:0/target0:0:0/0:0:0:0
         let port = format!("{host}/port-0:0");
         let end = format!("{port}/end_device-0:0");
-        let sdev = format!("{end}/target0:0:0/0:0:0:0");
         t.device(&port, "", None)
             .device(&end, "", None)
-            .device(&format!("{end}/target0:0:0"), "scsi", Some("scsi_target"))
-            .device(&sdev, "scsi", Some("scsi_device"))
-            .device(&format!("{sdev}/block/sdb"), "block", Some("disk"))
-            .class("block", "sdb", &format!("{sdev}/block/sdb"))
+            .scsi_disk(&end, "0:0:0:0", "sdb")
             .attr(
                 "sys/class/sas_device/end_device-0:0/sas_address",
                 "0x5000c500a1b2c3d4",
@@ -460,15 +463,11 @@ mod tests {
         let exp = format!("{host}/port-0:1/expander-0:0");
         let port = format!("{exp}/port-0:0:2");
         let end = format!("{port}/end_device-0:0:2");
-        let sdev = format!("{end}/target0:0:2/0:0:2:0");
         t.device(&format!("{host}/port-0:1"), "", None)
             .device(&exp, "", None)
             .device(&port, "", None)
             .device(&end, "", None)
-            .device(&format!("{end}/target0:0:2"), "scsi", Some("scsi_target"))
-            .device(&sdev, "scsi", Some("scsi_device"))
-            .device(&format!("{sdev}/block/sdc"), "block", Some("disk"))
-            .class("block", "sdc", &format!("{sdev}/block/sdc"))
+            .scsi_disk(&end, "0:0:2:0", "sdc")
             .attr(
                 "sys/class/sas_device/end_device-0:0:2/sas_address",
                 "0x5000c500deadbeef",
@@ -496,14 +495,10 @@ mod tests {
         let t = Tree::new();
         let hba = "pci0000:00/0000:00:05.0";
         let host = format!("{hba}/host3");
-        let sdev = format!("{host}/target3:0:1/3:0:1:2");
         t.device(hba, "pci", None)
             .device(&format!("{hba}/host2"), "scsi", Some("scsi_host"))
             .device(&host, "scsi", Some("scsi_host"))
-            .device(&format!("{host}/target3:0:1"), "scsi", Some("scsi_target"))
-            .device(&sdev, "scsi", Some("scsi_device"))
-            .device(&format!("{sdev}/block/sdd"), "block", Some("disk"))
-            .class("block", "sdd", &format!("{sdev}/block/sdd"));
+            .scsi_disk(&host, "3:0:1:2", "sdd");
         assert_eq!(
             by_path_name(t.root(), "sdd").as_deref(),
             Some("pci-0000:00:05.0-scsi-1:0:1:2")
@@ -512,16 +507,12 @@ mod tests {
         let xhci = "pci0000:00/0000:00:14.0";
         let intf = format!("{xhci}/usb2/2-1/2-1:1.0");
         let host = format!("{intf}/host6");
-        let sdev = format!("{host}/target6:0:0/6:0:0:0");
         t.device(xhci, "pci", None)
             .device(&format!("{xhci}/usb2"), "usb", Some("usb_device"))
             .device(&format!("{xhci}/usb2/2-1"), "usb", Some("usb_device"))
             .device(&intf, "usb", Some("usb_interface"))
             .device(&host, "scsi", Some("scsi_host"))
-            .device(&format!("{host}/target6:0:0"), "scsi", Some("scsi_target"))
-            .device(&sdev, "scsi", Some("scsi_device"))
-            .device(&format!("{sdev}/block/sde"), "block", Some("disk"))
-            .class("block", "sde", &format!("{sdev}/block/sde"));
+            .scsi_disk(&host, "6:0:0:0", "sde");
         assert_eq!(
             by_path_name(t.root(), "sde").as_deref(),
             Some("pci-0000:00:14.0-usb-0:1:1.0-scsi-0:0:0:0")
