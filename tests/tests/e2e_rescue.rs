@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ferric_tests::e2e::{spawn_agent_for_ironic, spawn_standalone, TestDisk};
+use ferric_tests::e2e::{spawn_agent_for_ironic, spawn_standalone, RunningAgent, TestDisk};
 use ferric_tests::fake_ironic::{FakeIronic, FakeIronicConfig};
 use ferric_tests::util::poll_until;
 use serde_json::json;
@@ -61,12 +61,19 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-#[test]
-fn finalize_rescue_stores_the_hash_where_the_ramdisk_reads_it_and_the_agent_ends() {
-    let disk = TestDisk::create("e2e_rescue::finalize", 4 << 20).expect("disk");
+/// A standalone agent whose finalize_rescue writes under a temporary root; with its disk
+/// and that root.
+fn agent_with_rescue_root(test: &str) -> (RunningAgent, TestDisk, tempfile::TempDir) {
+    let disk = TestDisk::create(test, 4 << 20).expect("disk");
     let root = tempfile::tempdir().unwrap();
     let root_arg = root.path().to_string_lossy().into_owned();
-    let mut agent = spawn_standalone(TOKEN, &disk.path(), &["--rescue-root", &root_arg]);
+    let agent = spawn_standalone(TOKEN, &disk.path(), &["--rescue-root", &root_arg]);
+    (agent, disk, root)
+}
+
+#[test]
+fn finalize_rescue_stores_the_hash_where_the_ramdisk_reads_it_and_the_agent_ends() {
+    let (mut agent, _disk, root) = agent_with_rescue_root("e2e_rescue::finalize");
     let api = agent.api();
 
     let r = api.command(
@@ -98,10 +105,7 @@ fn finalize_rescue_stores_the_hash_where_the_ramdisk_reads_it_and_the_agent_ends
 
 #[test]
 fn a_clear_rescue_password_is_stored_as_a_sha256_crypt_hash() {
-    let disk = TestDisk::create("e2e_rescue::clear", 4 << 20).expect("disk");
-    let root = tempfile::tempdir().unwrap();
-    let root_arg = root.path().to_string_lossy().into_owned();
-    let mut agent = spawn_standalone(TOKEN, &disk.path(), &["--rescue-root", &root_arg]);
+    let (mut agent, _disk, root) = agent_with_rescue_root("e2e_rescue::clear");
     let r = agent.api().command(
         "rescue.finalize_rescue",
         json!({"rescue_password": "correct horse"}),
