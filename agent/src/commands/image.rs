@@ -8,7 +8,7 @@ use ferric_hardware::efi::{self, EfiVars, HardDrive, PartitionSignature};
 use ferric_imagewriter::partition::{self, PartitionEntry, PartitionTable};
 use serde_json::Value;
 
-use super::{text_result, Outcome, Params};
+use super::{flag_param, text_result, Outcome, Params};
 use crate::agent::Agent;
 use crate::devices;
 use crate::error::AgentError;
@@ -53,7 +53,7 @@ pub fn install_bootloader(agent: &Arc<Agent>, params: Params) -> Outcome {
     let esp_uuid = params.get("efi_system_part_uuid").and_then(Value::as_str);
     match manage_uefi(&dev, esp_uuid, &vars_dir) {
         Ok(text) => Ok(text_result("install_bootloader", &text)),
-        Err(e) if ignore_failure(&params) => {
+        Err(e) if flag_param(&params, "ignore_bootloader_failure") => {
             log::error!("setting up UEFI boot failed, ignored as the conductor asked: {e}");
             Ok(text_result(
                 "install_bootloader",
@@ -61,14 +61,6 @@ pub fn install_bootloader(agent: &Arc<Agent>, params: Params) -> Outcome {
             ))
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-fn ignore_failure(params: &Params) -> bool {
-    match params.get("ignore_bootloader_failure") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        _ => false,
     }
 }
 
@@ -243,18 +235,5 @@ mod tests {
         let (e, hd) = find_esp(&mbr, None).unwrap();
         assert_eq!(e.number, 2);
         assert_eq!(hd.signature, PartitionSignature::Mbr(0xdead_beef));
-    }
-
-    #[test]
-    fn ignore_bootloader_failure_accepts_ironic_spellings() {
-        let p = |v: Value| {
-            let mut m = Params::new();
-            m.insert("ignore_bootloader_failure".into(), v);
-            m
-        };
-        assert!(ignore_failure(&p(Value::Bool(true))));
-        assert!(ignore_failure(&p(Value::String("True".into()))));
-        assert!(!ignore_failure(&p(Value::Bool(false))));
-        assert!(!ignore_failure(&Params::new()));
     }
 }

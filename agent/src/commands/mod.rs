@@ -420,6 +420,16 @@ fn log_outcome(name: &str, o: &Outcome) {
     }
 }
 
+/// A boolean command parameter (`hashed`, `ignore_bootloader_failure`): JSON `true`, or a
+/// string Python would call true (`"True"`, `"1"`, `"yes"`); anything else, or absent, false.
+pub(crate) fn flag_param(params: &Params, key: &str) -> bool {
+    match params.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
+        _ => false,
+    }
+}
+
 /// IPA wraps a string returned by an async command as `{"result": "<command>: <text>"}`.
 pub fn text_result(command: &str, text: &str) -> Value {
     serde_json::json!({ "result": format!("{command}: {text}") })

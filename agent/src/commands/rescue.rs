@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Outcome, Params};
+use super::{flag_param, Outcome, Params};
 use crate::agent::{Agent, Handover};
 use crate::error::AgentError;
 
@@ -47,20 +47,12 @@ fn validate_finalize_rescue(params: &Params) -> Result<(), AgentError> {
     }
 }
 
-fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        _ => false,
-    }
-}
-
 /// The crypt(3) string to store: Ironic's hash as is (it sends `hashed: true`), or a
 /// SHA-256 crypt of a clear password (IPA's `crypt_mksalt('SHA-256')`).
 fn password_hash(params: &Params) -> Result<String, AgentError> {
     validate_finalize_rescue(params)?;
     let password = params["rescue_password"].as_str().unwrap_or_default();
-    if truthy(params.get("hashed")) {
+    if flag_param(params, "hashed") {
         if password.contains(['\n', ':']) {
             return Err(AgentError::invalid_params(
                 "the hashed rescue password holds a newline or a colon",

@@ -448,3 +448,17 @@ async fn clean_steps_and_clean_version_mismatch() {
         "{names:?}"
     );
 }
+
+#[test]
+fn flag_params_accept_ironic_spellings() {
+    let p = |v: Value| {
+        let mut m = Params::new();
+        m.insert("ignore_bootloader_failure".into(), v);
+        m
+    };
+    let key = "ignore_bootloader_failure";
+    assert!(flag_param(&p(Value::Bool(true)), key));
+    assert!(flag_param(&p(Value::String("True".into())), key));
+    assert!(!flag_param(&p(Value::Bool(false)), key));
+    assert!(!flag_param(&Params::new(), key));
+}
