@@ -112,7 +112,7 @@ pub fn list_block_devices(root: &Path) -> Result<Vec<BlockDevice>, HardwareError
     let mut devs = Vec::new();
     for kname in dir_names(&dir) {
         let sysdir = dir.join(&kname);
-        match read_device(root, &kname, &sysdir, &by_path) {
+        match read_device(root, &kname, &sysdir, by_path.as_ref()) {
             Ok(dev) => devs.push(dev),
             // A device unplugged (or a loop detached) while we list is not an error.
             Err(HardwareError::Read { ref source, .. })
@@ -148,7 +148,7 @@ pub fn block_device(root: &Path, dev: &Path) -> Result<BlockDevice, HardwareErro
     if sysdir.join("partition").exists() {
         return Err(HardwareError::IsPartition { device: shown });
     }
-    read_device(root, &kname, &sysdir, &by_path_links(root))
+    read_device(root, &kname, &sysdir, by_path_links(root).as_ref())
 }
 
 /// IPA's install device when no root device hints are given: the smallest
@@ -329,7 +329,7 @@ fn read_device(
     root: &Path,
     kname: &str,
     sysdir: &Path,
-    by_path: &HashMap<String, String>,
+    by_path: Option<&HashMap<String, String>>,
 ) -> Result<BlockDevice, HardwareError> {
     let dev_path = sysdir.join("dev");
     let dev_text = sysfs::read_string(&dev_path).map_err(|e| HardwareError::read(&dev_path, e))?;
@@ -399,14 +399,13 @@ fn read_device(
     let tran = transport(root, kname, &device_dir, hctl.as_deref());
     let name = format!("/dev/{kname}");
     Ok(BlockDevice {
-        // Without udev (the Ferric ramdisk) there is no by-path directory: compose the name
-        // udev would have linked.
-        by_path: by_path.get(&name).cloned().or_else(|| {
-            if under(root, "dev/disk/by-path").is_dir() {
-                return None;
+        by_path: match by_path {
+            Some(links) => links.get(&name).cloned(),
+            // Without udev (the Ferric ramdisk): the name udev would have linked.
+            None => {
+                crate::path_id::by_path_name(root, kname).map(|p| format!("/dev/disk/by-path/{p}"))
             }
-            crate::path_id::by_path_name(root, kname).map(|p| format!("/dev/disk/by-path/{p}"))
-        }),
+        },
         name,
         model,
         size,
@@ -499,12 +498,16 @@ fn is_usb(device_dir: &Path, proc_name: Option<&str>) -> bool {
     via_path || matches!(proc_name, Some("usb-storage") | Some("uas"))
 }
 
-/// Maps `/dev/<kname>` to the first (sorted) `/dev/disk/by-path` link that points at it.
+/// Maps `/dev/<kname>` to the first (sorted) `/dev/disk/by-path` link that points at it;
+/// `None` when there is no such directory (no udev).
 ///
 /// IPA builds the same map from `os.listdir`, where the last entry wins in
 /// directory order; sorted-first is deterministic.
-fn by_path_links(root: &Path) -> HashMap<String, String> {
+fn by_path_links(root: &Path) -> Option<HashMap<String, String>> {
     let dir = under(root, "dev/disk/by-path");
+    if !dir.is_dir() {
+        return None;
+    }
     let mut map = HashMap::new();
     for entry in dir_names(&dir) {
         let Ok(target) = std::fs::read_link(dir.join(&entry)) else {
@@ -514,7 +517,7 @@ fn by_path_links(root: &Path) -> HashMap<String, String> {
         map.entry(abs.to_string_lossy().into_owned())
             .or_insert_with(|| format!("/dev/disk/by-path/{entry}"));
     }
-    map
+    Some(map)
 }
 
 /// Joins `target` onto `base` and folds `.`/`..` without touching the filesystem
